@@ -1,0 +1,77 @@
+//! `cargo xtask`: capsem's single automation entry point.
+//!
+//! - `cargo xtask ci` — what CI runs: format check, clippy with warnings denied, every test,
+//!   and a parse check of flake.nix.
+//! - `cargo xtask image build [DIR]` — the main job: installs the build prerequisites from the
+//!   package registries when missing (announcing each), makes sure a container engine is
+//!   running, then builds the image (default `images/default`).
+//! - `cargo xtask deps` — only the prerequisite step.
+
+mod deps;
+
+use anyhow::{Context, Result, bail};
+use xshell::{Shell, cmd};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sh = Shell::new()?;
+    sh.change_dir(project_root());
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["ci"] => ci(&sh),
+        ["deps"] => deps::ensure_build_deps(&sh),
+        ["image", "build", rest @ ..] => image_build(&sh, rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n  ci                  fmt check, clippy -D warnings, all tests, flake parse\n  \
+                 image build [DIR]   install prerequisites, then build DIR (default images/default)\n  \
+                 deps                install build prerequisites only"
+            );
+            bail!("unknown or missing command: {}", args.join(" "))
+        }
+    }
+}
+
+fn project_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives one level below the root").to_path_buf()
+}
+
+fn step(name: &str) {
+    eprintln!("\n==> {name}");
+}
+
+fn ci(sh: &Shell) -> Result<()> {
+    step("cargo fmt --check");
+    cmd!(sh, "cargo fmt --all -- --check").run().context("formatting differs; run `cargo fmt`")?;
+    step("cargo clippy (warnings denied)");
+    cmd!(sh, "cargo clippy --workspace --all-targets --locked -- -D warnings").run()?;
+    step("tests");
+    if cmd!(sh, "cargo nextest --version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
+        cmd!(sh, "cargo nextest run --workspace --locked --no-fail-fast").run()?;
+        // nextest does not run doctests.
+        cmd!(sh, "cargo test --workspace --locked --doc").run()?;
+    } else {
+        cmd!(sh, "cargo test --workspace --locked --no-fail-fast").run()?;
+    }
+    step("flake.nix parses");
+    match cmd!(sh, "nix-instantiate --version").quiet().ignore_stdout().ignore_stderr().run() {
+        Ok(()) => cmd!(sh, "nix-instantiate --parse flake.nix").quiet().ignore_stdout().run().context("flake.nix does not parse")?,
+        Err(_) if std::env::var_os("CI").is_some() => bail!("nix-instantiate not found: CI must install Debian's nix-bin"),
+        Err(_) => eprintln!("skipped: nix-instantiate not installed (apt-get install nix-bin); CI runs this check"),
+    }
+    step("capsem-builder validate images/default");
+    cmd!(sh, "cargo run --quiet --locked -p capsem-builder -- validate images/default").run()?;
+    eprintln!("\nci: all checks passed");
+    Ok(())
+}
+
+fn image_build(sh: &Shell, rest: &[&str]) -> Result<()> {
+    let dir = rest.first().copied().unwrap_or("images/default");
+    deps::ensure_build_deps(sh)?;
+    step(&format!("capsem-builder validate {dir}"));
+    cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- validate {dir}").run()?;
+    step("capsem-builder doctor");
+    cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- doctor {dir}").run()?;
+    step(&format!("capsem-builder build {dir}"));
+    cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- build {dir} --output assets").run()?;
+    Ok(())
+}
