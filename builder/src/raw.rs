@@ -110,7 +110,7 @@ impl<'a, 'i> Reader<'a, 'i> {
 
     /// Display name, e.g. `[build.architectures.x86_64]`.
     pub fn display(&self) -> String {
-        if self.name.is_empty() { "the top level".into() } else { format!("[{}]", self.name) }
+        if self.name.is_empty() { "the file's top level".into() } else { format!("[{}]", self.name) }
     }
 
     fn child_name(&self, key: &str) -> String {
@@ -196,11 +196,10 @@ impl<'a, 'i> Reader<'a, 'i> {
             DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
                 Ok(n) => Some(Sp { value: n, loc: self.loc(v.span()) }),
                 Err(_) => {
-                    self.sink.push(Diagnostic::at(
-                        Code::OutOfRange,
-                        self.loc(v.span()),
-                        format!("`{key}` in {} does not fit in a 64-bit integer", self.display()),
-                    ));
+                    self.sink.push(
+                        Diagnostic::at(Code::OutOfRange, self.loc(v.span()), format!("`{key}` in {} is out of range", self.display()))
+                            .help("the number does not fit in a 64-bit integer; use a much smaller value"),
+                    );
                     None
                 }
             },

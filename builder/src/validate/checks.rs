@@ -150,6 +150,9 @@ pub fn apt_spec(s: &str) -> Result<Spec, String> {
         }
     }
     if let Some(v) = version {
+        if let Some(rest) = v.strip_prefix('=') {
+            return Err(format!("`{s}` uses `==`; apt pins use a single `=`: `{name_arch}={rest}`"));
+        }
         if !all_in(v, ".+~:-") {
             return Err(format!("`{s}` has an invalid version (allowed: letters, digits, '.', '+', '~', ':', '-')"));
         }

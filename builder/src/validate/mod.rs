@@ -76,13 +76,19 @@ pub fn load(dir: &Path) -> Loaded {
             continue;
         }
         if !coll_dir.is_dir() {
-            sink.push(Diagnostic::at_path(Code::UnreadableFile, format!("config/{coll}"), format!("`config/{coll}` is not a directory")));
+            sink.push(
+                Diagnostic::at_path(Code::UnreadableFile, format!("config/{coll}"), format!("`config/{coll}` is not a directory"))
+                    .help(format!("`config/{coll}/` must be a directory of `*.toml` files; move this file to `config/{coll}/<name>.toml`")),
+            );
             continue;
         }
         let mut entries: Vec<_> = match std::fs::read_dir(&coll_dir) {
             Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).collect(),
             Err(e) => {
-                sink.push(Diagnostic::at_path(Code::UnreadableFile, format!("config/{coll}"), format!("cannot list directory: {e}")));
+                sink.push(
+                    Diagnostic::at_path(Code::UnreadableFile, format!("config/{coll}"), format!("cannot list `config/{coll}/`: {e}"))
+                        .help("make the directory readable by the user running capsem-builder"),
+                );
                 continue;
             }
         };
@@ -101,7 +107,7 @@ pub fn load(dir: &Path) -> Loaded {
                     _ => "an MCP server table such as `[my_server]`",
                 };
                 sink.push(
-                    Diagnostic::at(Code::UnexpectedTopLevel, Loc { file: id, span: 0..0 }, format!("`{rel_path}` defines no table"))
+                    Diagnostic::at_path(Code::UnexpectedTopLevel, rel_path.clone(), format!("`{rel_path}` defines no table"))
                         .help(format!("add {what}, or delete the file")),
                 );
             }
@@ -148,41 +154,54 @@ fn read_into(sources: &mut SourceMap, dir: &Path, rel_path: &str, required: bool
             None
         }
         Err(e) => {
-            sink.push(
-                Diagnostic::at_path(Code::UnreadableFile, rel_path, format!("cannot read `{rel_path}`: {e}"))
-                    .help("config files must be readable regular files of at most 1 MiB"),
-            );
+            let help = match e {
+                ReadError::NotAFile => format!("remove the directory `{rel_path}` and create a TOML file there"),
+                ReadError::TooLarge { .. } => "config files are at most 1 MiB; split it or remove generated content".into(),
+                _ => "make the file readable by the user running capsem-builder".into(),
+            };
+            sink.push(Diagnostic::at_path(Code::UnreadableFile, rel_path, format!("cannot read `{rel_path}`: {e}")).help(help));
             None
         }
     }
 }
 
 /// Finds the one expected top-level table in a single-table file (E012 otherwise).
+///
+/// One mistake gives one diagnostic: a misspelt header gets a "did you mean"; keys written
+/// without any header get a single "add a `[name]` header"; an empty file is reported as such.
 fn top_table<'a, 'i>(root: &Reader<'a, 'i>, name: &'static str, rel_path: &str, sink: &Sink) -> Option<Reader<'a, 'i>> {
-    for key in root.keys() {
-        if key.value != name {
-            let mut d = Diagnostic::at(
-                Code::UnexpectedTopLevel,
-                key.loc.clone(),
-                format!("unexpected top-level key `{}` in `{rel_path}`; this file holds only [{name}]", key.value),
-            );
-            d = match crate::diag::suggest(&key.value, [name]) {
-                Some(s) => d.help(format!("did you mean `[{s}]`?")),
-                None => d.help(format!("move it under [{name}] or to the file that owns it")),
-            };
-            sink.push(d);
-        }
-    }
+    let strays: Vec<Sp<String>> = root.keys().into_iter().filter(|k| k.value != name).collect();
     if !root.has(name) {
+        let d = match strays.first() {
+            None => Diagnostic::at_path(Code::UnexpectedTopLevel, rel_path, format!("`{rel_path}` has no [{name}] table"))
+                .help(format!("start the file with a `[{name}]` header, or delete the file to use the defaults")),
+            Some(k) => match strays.iter().find(|k| crate::diag::suggest(&k.value, [name]).is_some()) {
+                Some(typo) => Diagnostic::at(
+                    Code::UnexpectedTopLevel,
+                    typo.loc.clone(),
+                    format!("unexpected top-level table `{}` in `{rel_path}`", typo.value),
+                )
+                .help(format!("did you mean `[{name}]`? this file holds only [{name}]")),
+                None => Diagnostic::at(
+                    Code::UnexpectedTopLevel,
+                    k.loc.clone(),
+                    format!("`{}` is outside any table; `{rel_path}` holds its settings under [{name}]", k.value),
+                )
+                .help(format!("add a `[{name}]` header above the first key")),
+            },
+        };
+        sink.push(d);
+        return None;
+    }
+    for key in strays {
         sink.push(
             Diagnostic::at(
                 Code::UnexpectedTopLevel,
-                Loc { file: root.file(), span: 0..0 },
-                format!("`{rel_path}` has no [{name}] table"),
+                key.loc.clone(),
+                format!("unexpected top-level key `{}` in `{rel_path}`; this file holds only [{name}]", key.value),
             )
-            .help(format!("start the file with a `[{name}]` header")),
+            .help(format!("move it under [{name}] or to the file that owns it")),
         );
-        return None;
     }
     root.table(name)
 }

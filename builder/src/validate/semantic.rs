@@ -91,7 +91,7 @@ impl Cx<'_> {
         id
     }
 
-    fn domains(&self, list: &[Sp<String>], broad_check: bool) -> Vec<DomainPattern> {
+    fn domains(&self, list: &[Sp<String>], broad_check: bool, field: &str) -> Vec<DomainPattern> {
         let mut out = Vec::new();
         for d in list {
             match checks::domain_pattern(&d.value) {
@@ -104,7 +104,7 @@ impl Cx<'_> {
                     }
                     out.push(DomainPattern(d.value.clone()));
                 }
-                Err(why) => self.err(Code::BadDomain, &d.loc, why, "write a host name like `api.example.com` or `*.example.com`"),
+                Err(why) => self.err(Code::BadDomain, &d.loc, format!("{why} (in {field})"), "write a host name like `api.example.com` or `*.example.com`"),
             }
         }
         out
@@ -163,7 +163,7 @@ impl Cx<'_> {
         let list = self.nonempty_list(&n.domains, "`domains`", "`domains = [\"api.example.com\"]`");
         Network {
             name: n.name.as_ref().map(|s| s.value.clone()),
-            domains: self.domains(list, true),
+            domains: self.domains(list, true, "`domains`"),
             allow_get: n.allow_get.as_ref().is_some_and(|b| b.value),
             allow_post: n.allow_post.as_ref().is_some_and(|b| b.value),
         }
@@ -180,9 +180,10 @@ impl Cx<'_> {
         packages: &Option<Sp<Vec<Sp<String>>>>,
         checksums: &Option<Sp<StrMap>>,
         dev_check: bool,
+        table: &str,
     ) -> Option<(Install, Vec<String>)> {
         let manager = manager.as_ref().and_then(|m| self.choice(m, "package manager", Manager::NAMES, Manager::parse))?;
-        let list = self.nonempty_list(packages, "`packages`", "`packages = [\"name\"]`");
+        let list = self.nonempty_list(packages, &format!("`packages` in {table}"), "`packages = [\"name\"]`");
         let mut names = Vec::new();
         let sums: BTreeMap<String, String> =
             checksums.as_ref().map(|c| c.value.iter().map(|(k, (_, v))| (k.clone(), v.value.clone())).collect()).unwrap_or_default();
@@ -221,7 +222,13 @@ impl Cx<'_> {
                     names.push(spec.name);
                 }
                 Err(why) if !why.is_empty() => {
-                    self.err(Code::BadPackageSpec, &p.loc, why, format!("write a plain {} package spec", manager.as_str()));
+                    let example = match manager {
+                        Manager::Apt => "`git` or `git=1:2.39.5-0+deb12u2`",
+                        Manager::Uv | Manager::Pip => "`numpy` or `numpy==2.1.3`",
+                        Manager::Npm => "`left-pad` or `@scope/tool@1.2.3`",
+                        Manager::Curl => "`https://example.com/install.sh`",
+                    };
+                    self.err(Code::BadPackageSpec, &p.loc, why, format!("write a plain {} package spec, e.g. {example}", manager.as_str()));
                 }
                 Err(_) => {}
             }
@@ -512,7 +519,7 @@ fn first_definition(cx: &Cx<'_>, seen: &mut BTreeMap<String, Loc>, key: &Sp<Stri
 fn providers(cx: &Cx<'_>, raw: &[RawProvider]) -> BTreeMap<Ident, Provider> {
     let mut out = BTreeMap::new();
     let mut seen = BTreeMap::new();
-    let mut env_seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut env_seen: BTreeMap<String, (String, Loc)> = BTreeMap::new();
     for p in raw {
         let id = cx.ident(&p.key, "AI provider");
         if !first_definition(cx, &mut seen, &p.key, "AI provider") {
@@ -525,13 +532,17 @@ fn providers(cx: &Cx<'_>, raw: &[RawProvider]) -> BTreeMap<Ident, Provider> {
             for v in vars {
                 if !checks::env_var_name(&v.value) {
                     cx.err(Code::BadEnvVar, &v.loc, format!("`{}` is not a valid environment variable name", v.value), "use letters, digits and '_', not starting with a digit");
-                } else if let Some(other) = env_seen.get(&v.value) {
+                } else if let Some((other, first)) = env_seen.get(&v.value) {
                     cx.sink.push(
-                        Diagnostic::at(Code::DuplicateEnvVar, v.loc.clone(), format!("`{}` is also the API key variable of provider `{other}`", v.value))
+                        Diagnostic::at(
+                            Code::DuplicateEnvVar,
+                            v.loc.clone(),
+                            format!("`{}` is also the API key variable of provider `{other}` ({})", v.value, cx.where_(first)),
+                        )
                             .help("two providers would receive the same key; give each its own variable"),
                     );
                 } else {
-                    env_seen.insert(v.value.clone(), p.key.value.clone());
+                    env_seen.insert(v.value.clone(), (p.key.value.clone(), v.loc.clone()));
                 }
             }
             if let Some(u) = &a.docs_url {
@@ -559,10 +570,10 @@ fn providers(cx: &Cx<'_>, raw: &[RawProvider]) -> BTreeMap<Ident, Provider> {
             if !enabled {
                 cx.sink.push(
                     Diagnostic::at(Code::DisabledWithInstall, i.header.clone(), format!("provider `{}` is disabled, so its install is skipped", p.key.value))
-                        .help("set `enabled = true` to install it, or remove the [install] table"),
+                        .help(format!("set `enabled = true` to install it, or remove the [{}.install] table", p.key.value)),
                 );
             }
-            cx.install(&i.header, &i.manager, None, &i.prefix, &i.packages, &i.checksums, false).map(|(i, _)| i)
+            cx.install(&i.header, &i.manager, None, &i.prefix, &i.packages, &i.checksums, false, &format!("[{}.install]", p.key.value)).map(|(i, _)| i)
         });
         let cli = p.cli.as_ref().map(|c| {
             if enabled && c.version_command.is_none() {
@@ -618,7 +629,7 @@ fn package_sets(cx: &Cx<'_>, raw: &[RawPackageSet]) -> BTreeMap<Ident, PackageSe
                     .help("list the registry domains it needs at run time (e.g. for `pip install` inside the VM), or they stay blocked"),
             );
         }
-        let Some((install, names)) = cx.install(&s.key.loc, &s.manager, s.install_cmd.as_ref(), &s.prefix, &s.packages, &s.checksums, true) else { continue };
+        let Some((install, names)) = cx.install(&s.key.loc, &s.manager, s.install_cmd.as_ref(), &s.prefix, &s.packages, &s.checksums, true, &format!("[{}]", s.key.value)) else { continue };
         let mut version_commands = BTreeMap::new();
         if let Some(vc) = &s.version_commands {
             for (k, (kloc, cmd)) in &vc.value {
@@ -660,6 +671,9 @@ fn mcp_servers(cx: &Cx<'_>, raw: &[RawMcp]) -> BTreeMap<Ident, McpServer> {
         }
         for (_, (_, v)) in m.headers.iter().flat_map(|e| e.value.iter()) {
             cx.secrets(v, &format!("header of MCP server `{}`", m.key.value));
+        }
+        for a in m.args.iter().flat_map(|a| a.value.iter()) {
+            cx.secrets(a, &format!("argument of MCP server `{}`", m.key.value));
         }
         let transport = m.transport.as_ref().and_then(|t| cx.choice(t, "MCP transport", &["stdio", "sse"], |s| ["stdio", "sse"].contains(&s).then(|| s.to_string())));
         let wrong = |field: &str, loc: &Loc, t: &str| cx.err(Code::ConflictingFields, loc, format!("`{field}` does not apply to transport = \"{t}\""), format!("remove `{field}`"));
@@ -734,8 +748,8 @@ fn web(cx: &Cx<'_>, w: &RawWeb) -> WebPolicy {
     let list = |l: &Option<Sp<Vec<Sp<String>>>>| l.as_ref().map(|l| l.value.clone()).unwrap_or_default();
     let allow_raw = list(&w.custom_allow);
     let block_raw = list(&w.custom_block);
-    let custom_allow = cx.domains(&allow_raw, true);
-    let custom_block = cx.domains(&block_raw, false);
+    let custom_allow = cx.domains(&allow_raw, true, "`custom_allow`");
+    let custom_block = cx.domains(&block_raw, false, "`custom_block`");
     for b in &block_raw {
         for a in &allow_raw {
             if checks::pattern_covers(&b.value, &a.value) {
@@ -777,7 +791,7 @@ fn web(cx: &Cx<'_>, w: &RawWeb) -> WebPolicy {
                 cx.err(Code::EmptyValue, &d.loc, format!("enabled service `web.{group}.{}` has no domains", key.value), "list its domains, or set `enabled = false`");
                 Vec::new()
             }
-            Some(d) => cx.domains(&d.value, true),
+            Some(d) => cx.domains(&d.value, true, &format!("`domains` of [web.{group}.{}]", key.value)),
             None if enabled => {
                 cx.err(Code::MissingField, &s.header, format!("missing required field `domains` in [web.{group}.{}]", key.value), "list its domains, or set `enabled = false`");
                 Vec::new()
