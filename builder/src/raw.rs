@@ -31,6 +31,12 @@ impl<T> Sp<T> {
     }
 }
 
+/// `(key location, value)` pairs of a string table such as `env = { A = "b" }`.
+pub type StrMap = BTreeMap<String, (Loc, Sp<String>)>;
+
+/// A table entry: its key (with span) and its value.
+pub type Keyed<T> = (Sp<String>, T);
+
 /// Where diagnostics accumulate while reading.
 #[derive(Debug, Default)]
 pub struct Sink(RefCell<Vec<Diagnostic>>);
@@ -241,7 +247,7 @@ impl<'a, 'i> Reader<'a, 'i> {
     }
 
     /// Optional table of string values (`env = { A = "b" }`), keys with their spans.
-    pub fn str_map(&self, key: &'static str) -> Option<Sp<BTreeMap<String, (Loc, Sp<String>)>>> {
+    pub fn str_map(&self, key: &'static str) -> Option<Sp<StrMap>> {
         let sub = self.table(key)?;
         let mut out = BTreeMap::new();
         for (k, v) in sub.table.iter() {
@@ -284,7 +290,7 @@ impl<'a, 'i> Reader<'a, 'i> {
 
     /// Every entry of a table whose values are all tables (`[build.architectures.*]`),
     /// as (key, reader) pairs in key order.
-    pub fn table_map(&self, key: &'static str) -> Option<Sp<Vec<(Sp<String>, Reader<'a, 'i>)>>> {
+    pub fn table_map(&self, key: &'static str) -> Option<Sp<Vec<Keyed<Reader<'a, 'i>>>>> {
         let sub = self.table(key)?;
         let entries = sub.all_tables();
         sub.known.borrow_mut().clear();

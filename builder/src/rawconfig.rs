@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use crate::raw::{Reader, Sp};
 use crate::source::Loc;
 
-/// `(key location, value)` pairs of a string map.
-pub type StrMap = BTreeMap<String, (Loc, Sp<String>)>;
+pub use crate::raw::StrMap;
+use crate::raw::Keyed;
 
 /// The whole definition as read.
 #[derive(Debug, Default)]
@@ -42,7 +42,7 @@ pub struct RawBuild {
     pub source_date_epoch: Option<Sp<i64>>,
     pub extra_ca: Option<Sp<String>>,
     pub keep_extra_ca: Option<Sp<bool>>,
-    pub architectures: Option<Sp<Vec<(Sp<String>, RawArch)>>>,
+    pub architectures: Option<Sp<Vec<Keyed<RawArch>>>>,
 }
 
 /// `[build.architectures.<name>]`.
@@ -99,7 +99,7 @@ pub struct RawProvider {
     pub network: Option<RawNetwork>,
     pub install: Option<RawInstall>,
     pub cli: Option<RawCli>,
-    pub files: Vec<(Sp<String>, RawFile)>,
+    pub files: Vec<Keyed<RawFile>>,
 }
 
 /// `[<provider>.api_key]`.

@@ -104,3 +104,18 @@ fn every_code_has_a_golden_case() {
     let missing: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).filter(|c| !seen.contains(c)).collect();
     assert!(missing.is_empty(), "codes without a golden case: {missing:?}");
 }
+
+#[test]
+fn every_code_is_documented() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/diagnostics.md")).unwrap();
+    let missing: Vec<&str> =
+        Code::ALL.iter().filter(|c| !doc.contains(&format!("| {} | {} |", c.as_str(), sev(**c)))).map(|c| c.as_str()).collect();
+    assert!(missing.is_empty(), "codes missing from docs/diagnostics.md's table: {missing:?}");
+}
+
+fn sev(c: Code) -> &'static str {
+    match c.severity() {
+        capsem_builder::diag::Severity::Error => "error",
+        capsem_builder::diag::Severity::Warning => "warning",
+    }
+}

@@ -144,11 +144,10 @@ pub fn apt_spec(s: &str) -> Result<Spec, String> {
     if !name_ok {
         return Err(format!("`{s}` is not a Debian package name (lowercase letters, digits, '+', '-', '.')"));
     }
-    if let Some(arch) = name_arch.split_once(':').map(|(_, a)| a) {
-        if !all_in(arch, "-") {
+    if let Some(arch) = name_arch.split_once(':').map(|(_, a)| a)
+        && !all_in(arch, "-") {
             return Err(format!("`{s}` has an invalid architecture qualifier"));
         }
-    }
     if let Some(v) = version {
         if let Some(rest) = v.strip_prefix('=') {
             return Err(format!("`{s}` uses `==`; apt pins use a single `=`: `{name_arch}={rest}`"));
@@ -203,11 +202,10 @@ pub fn npm_spec(s: &str) -> Result<Spec, String> {
     if !ok_part(name) || scope.is_some_and(|sc| !ok_part(sc)) {
         return Err(format!("`{s}` is not an npm package name (lowercase letters, digits, '.', '_', '~', '-')"));
     }
-    if let Some(v) = version {
-        if !all_in(v, ".+^~<>=|-") {
+    if let Some(v) = version
+        && !all_in(v, ".+^~<>=|-") {
             return Err(format!("`{s}` has an invalid version or tag"));
         }
-    }
     let exact = version.is_some_and(|v| {
         let core = v.split(['-', '+']).next().unwrap_or("");
         let parts: Vec<&str> = core.split('.').collect();

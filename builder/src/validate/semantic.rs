@@ -144,17 +144,15 @@ impl Cx<'_> {
         }
         if let Some(p) = &path {
             let trimmed = content.value.trim();
-            if p.as_str().ends_with(".json") && !trimmed.is_empty() {
-                if let Err(e) = serde_json::from_str::<serde_json::Value>(&content.value) {
+            if p.as_str().ends_with(".json") && !trimmed.is_empty()
+                && let Err(e) = serde_json::from_str::<serde_json::Value>(&content.value) {
                     self.err(Code::InvalidJsonContent, &content.loc, format!("{what} content is not valid JSON: {e}"), "fix the JSON, or change the file's extension");
                 }
-            }
-            if p.as_str().ends_with(".toml") && !trimmed.is_empty() {
-                if let Err(e) = content.value.parse::<toml::Table>() {
+            if p.as_str().ends_with(".toml") && !trimmed.is_empty()
+                && let Err(e) = content.value.parse::<toml::Table>() {
                     let msg = e.message().trim().replace('\n', "; ");
                     self.err(Code::InvalidTomlContent, &content.loc, format!("{what} content is not valid TOML: {msg}"), "fix the TOML, or change the file's extension");
                 }
-            }
         }
         Some(GuestFile { path: path?, content: content.value.clone() })
     }
@@ -380,11 +378,10 @@ fn arch_config(cx: &Cx<'_>, arch: Arch, a: &RawArch) -> Option<ArchConfig> {
         }
         (None, Some(bs)) => {
             let variant = bs.variant.as_ref().map_or(Some("minbase".to_string()), |v| cx.choice(v, "mmdebstrap variant", VARIANTS, |s| VARIANTS.contains(&s).then(|| s.to_string())));
-            if let Some(m) = &bs.mirror {
-                if let Err(e) = checks::url(&m.value) {
+            if let Some(m) = &bs.mirror
+                && let Err(e) = checks::url(&m.value) {
                     cx.err(Code::BadUrl, &m.loc, format!("mirror {e}"), "e.g. `http://deb.debian.org/debian`");
                 }
-            }
             let suite = cx.nonempty_str(&bs.suite, "`suite`");
             if !suite.is_empty() && !suite.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
                 cx.err(Code::BadValue, &bs.suite.as_ref()?.loc, format!("suite `{suite}` is not a Debian suite name"), "e.g. `bookworm`");
@@ -405,11 +402,10 @@ fn arch_config(cx: &Cx<'_>, arch: Arch, a: &RawArch) -> Option<ArchConfig> {
             Some(BaseImage::Bootstrap { suite, mirror: bs.mirror.as_ref()?.value.clone(), variant: variant?, components })
         }
     };
-    if let Some(p) = &a.docker_platform {
-        if p.value != arch.platform() {
+    if let Some(p) = &a.docker_platform
+        && p.value != arch.platform() {
             cx.err(Code::BadValue, &p.loc, format!("docker_platform `{}` does not match architecture {arch}", p.value), format!("use `{}`", arch.platform()));
         }
-    }
     if let Some(t) = &a.rust_target {
         match KNOWN_TARGETS.iter().find(|(name, _)| *name == t.value) {
             Some((_, target_arch)) if *target_arch != arch => cx.err(
@@ -432,11 +428,10 @@ fn arch_config(cx: &Cx<'_>, arch: Arch, a: &RawArch) -> Option<ArchConfig> {
             cx.err(Code::BadValue, &k.loc, format!("kernel_branch `{}` is not `X.Y`", k.value), "e.g. `6.1`");
         }
     }
-    if let Some(k) = &a.kernel_image {
-        if k.value.is_empty() || k.value.starts_with('/') || k.value.split('/').any(|c| c == "..") {
+    if let Some(k) = &a.kernel_image
+        && (k.value.is_empty() || k.value.starts_with('/') || k.value.split('/').any(|c| c == "..")) {
             cx.err(Code::BadValue, &k.loc, format!("kernel_image `{}` must be a path inside the kernel tree", k.value), "e.g. `arch/x86/boot/bzImage`");
         }
-    }
     if let Some(d) = &a.defconfig {
         if d.value.starts_with('/') || d.value.split('/').any(|c| c == ".." || c.is_empty()) {
             cx.err(Code::BadValue, &d.loc, format!("defconfig `{}` must be a relative path inside config/", d.value), format!("e.g. `kernel/defconfig.{arch}`"));
@@ -467,25 +462,22 @@ fn image(cx: &Cx<'_>, i: Option<&RawImage>) -> ImageMeta {
         return ImageMeta { name, version: "0.0.0".into(), description: String::new(), changelog: Vec::new() };
     };
     let name = cx.nonempty_str(&i.name, "`name`");
-    if let Some(v) = &i.version {
-        if !checks::semver(&v.value) {
+    if let Some(v) = &i.version
+        && !checks::semver(&v.value) {
             cx.err(Code::BadValue, &v.loc, format!("version `{}` is not a semantic version", v.value), "write MAJOR.MINOR.PATCH, e.g. `0.1.0`");
         }
-    }
     let changelog = i
         .changelog
         .iter()
         .map(|c| {
-            if let Some(d) = &c.date {
-                if !checks::iso_date(&d.value) {
+            if let Some(d) = &c.date
+                && !checks::iso_date(&d.value) {
                     cx.err(Code::BadValue, &d.loc, format!("date `{}` is not YYYY-MM-DD", d.value), "e.g. `2026-11-22`");
                 }
-            }
-            if let Some(v) = &c.version {
-                if !checks::semver(&v.value) {
+            if let Some(v) = &c.version
+                && !checks::semver(&v.value) {
                     cx.err(Code::BadValue, &v.loc, format!("version `{}` is not a semantic version", v.value), "write MAJOR.MINOR.PATCH");
                 }
-            }
             ChangelogEntry {
                 version: c.version.as_ref().map(|v| v.value.clone()).unwrap_or_default(),
                 date: c.date.as_ref().map(|v| v.value.clone()).unwrap_or_default(),
@@ -545,19 +537,17 @@ fn providers(cx: &Cx<'_>, raw: &[RawProvider]) -> BTreeMap<Ident, Provider> {
                     env_seen.insert(v.value.clone(), (p.key.value.clone(), v.loc.clone()));
                 }
             }
-            if let Some(u) = &a.docs_url {
-                if let Err(e) = checks::url(&u.value) {
+            if let Some(u) = &a.docs_url
+                && let Err(e) = checks::url(&u.value) {
                     cx.err(Code::BadUrl, &u.loc, format!("docs_url {e}"), "e.g. `https://console.example.com/keys`");
                 }
-            }
-            if let Some(v) = &a.value {
-                if !v.value.is_empty() {
+            if let Some(v) = &a.value
+                && !v.value.is_empty() {
                     cx.sink.push(
                         Diagnostic::at(Code::ApiKeyInConfig, v.loc.clone(), format!("API key for `{}` is written in the image definition", p.key.value))
                             .help("anyone with the image can read it; put personal keys in ~/.capsem/user.toml (or the corp file) instead"),
                     );
                 }
-            }
             ApiKey {
                 name: cx.nonempty_str(&a.name, "`api_key.name`"),
                 env_vars: vars.iter().map(|v| v.value.clone()).collect(),
