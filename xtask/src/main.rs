@@ -6,6 +6,8 @@
 //!   package registries when missing (announcing each), makes sure a container engine is
 //!   running, then builds the image (default `images/default`).
 //! - `cargo xtask deps` — only the prerequisite step.
+//! - `cargo xtask bench [NAME…]` — benchmarks against their named baselines, measured in the
+//!   same run; each prints ratios and writes JSON under `target/bench/`. Names: `squashfs`.
 
 mod deps;
 
@@ -20,11 +22,13 @@ fn main() -> Result<()> {
         ["ci"] => ci(&sh),
         ["deps"] => deps::ensure_build_deps(&sh),
         ["image", "build", rest @ ..] => image_build(&sh, rest),
+        ["bench", names @ ..] => bench(&sh, names),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n  ci                  fmt check, clippy -D warnings, all tests, flake parse\n  \
                  image build [DIR]   install prerequisites, then build DIR (default images/default)\n  \
-                 deps                install build prerequisites only"
+                 deps                install build prerequisites only\n  \
+                 bench [NAME...]     benchmarks vs their baselines (squashfs)"
             );
             bail!("unknown or missing command: {}", args.join(" "))
         }
@@ -52,6 +56,8 @@ fn ci(sh: &Shell) -> Result<()> {
     } else {
         cmd!(sh, "cargo test --workspace --locked --no-fail-fast").run()?;
     }
+    step("fuzz harness and regression replay (builder/fuzz)");
+    cmd!(sh, "cargo test --locked --manifest-path builder/fuzz/Cargo.toml").run()?;
     step("flake.nix parses");
     match cmd!(sh, "nix-instantiate --version").quiet().ignore_stdout().ignore_stderr().run() {
         Ok(()) => cmd!(sh, "nix-instantiate --parse flake.nix").quiet().ignore_stdout().run().context("flake.nix does not parse")?,
@@ -73,5 +79,24 @@ fn image_build(sh: &Shell, rest: &[&str]) -> Result<()> {
     cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- doctor {dir}").run()?;
     step(&format!("capsem-builder build {dir}"));
     cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- build {dir} --output assets").run()?;
+    Ok(())
+}
+
+/// Benchmarks: each is a release-mode example of the crate that owns the code under test.
+const BENCHES: &[(&str, &str, &str)] = &[("squashfs", "capsem-builder", "bench_squashfs")];
+
+fn bench(sh: &Shell, names: &[&str]) -> Result<()> {
+    let selected: Vec<&(&str, &str, &str)> = if names.is_empty() {
+        BENCHES.iter().collect()
+    } else {
+        names
+            .iter()
+            .map(|n| BENCHES.iter().find(|(b, ..)| b == n).with_context(|| format!("unknown bench `{n}`; known: squashfs")))
+            .collect::<Result<_>>()?
+    };
+    for (name, package, example) in selected {
+        step(&format!("bench {name}"));
+        cmd!(sh, "cargo run --quiet --locked --release -p {package} --example {example}").run()?;
+    }
     Ok(())
 }

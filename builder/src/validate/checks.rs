@@ -198,7 +198,9 @@ pub fn npm_spec(s: &str) -> Result<Spec, String> {
         Some((n, v)) => (n, Some(v)),
         None => (rest, None),
     };
-    let ok_part = |p: &str| all_in(p, "._~-") && !p.chars().any(|c| c.is_ascii_uppercase()) && !p.starts_with('.');
+    let ok_part = |p: &str| {
+        all_in(p, "._~-") && !p.chars().any(|c| c.is_ascii_uppercase()) && !p.starts_with(['.', '-', '_'])
+    };
     if !ok_part(name) || scope.is_some_and(|sc| !ok_part(sc)) {
         return Err(format!("`{s}` is not an npm package name (lowercase letters, digits, '.', '_', '~', '-')"));
     }
@@ -342,6 +344,8 @@ mod tests {
         assert!(!npm_spec("left-pad").unwrap().pinned);
         assert!(npm_spec("@scope").is_err());
         assert!(npm_spec("a b").is_err());
+        assert!(npm_spec("-g").is_err());
+        assert!(npm_spec("@-x/y").is_err());
     }
 
     #[test]

@@ -286,6 +286,7 @@ pub(super) fn check(dir: &Path, raw: &RawConfig, sources: &SourceMap, sink: &Sin
     let environment = environment(&cx, raw.environment.as_ref());
     let artifacts = artifacts(&cx);
     npm_registry_rule(&cx, raw, &web);
+    npm_conflicts(&cx, raw);
     Some(Model { image, build: build??, ai, packages, mcp, web, resources, environment, artifacts })
 }
 
@@ -916,5 +917,39 @@ fn npm_registry_rule(cx: &Cx<'_>, raw: &RawConfig, web: &WebPolicy) {
             Diagnostic::at(Code::NoNpmRegistry, loc, "npm packages are installed but security/web.toml has no enabled npm registry")
                 .help("add `[web.registry.npm]` with `domains = [\"registry.npmjs.org\"]` and `allow_get = true` so `npm install` works in the VM"),
         );
+    }
+}
+
+/// E020: one npm prefix asked to install the same package at two different specs (one
+/// `npm install -g --prefix` call cannot satisfy both; the last would silently win).
+fn npm_conflicts(cx: &Cx<'_>, raw: &RawConfig) {
+    let sets = raw.packages.iter().map(|s| (&s.manager, &s.prefix, &s.packages));
+    let providers = raw
+        .ai
+        .iter()
+        .filter(|p| p.enabled.as_ref().is_none_or(|e| e.value))
+        .filter_map(|p| p.install.as_ref())
+        .map(|i| (&i.manager, &i.prefix, &i.packages));
+    let mut seen: BTreeMap<(String, String), Sp<String>> = BTreeMap::new();
+    for (manager, prefix, packages) in sets.chain(providers) {
+        if manager.as_ref().is_none_or(|m| m.value != "npm") {
+            continue;
+        }
+        let prefix = prefix.as_ref().map_or(DEFAULT_NPM_PREFIX.to_string(), |p| p.value.clone());
+        for p in packages.iter().flat_map(|l| l.value.iter()) {
+            let Ok(spec) = checks::npm_spec(&p.value) else { continue };
+            match seen.get(&(prefix.clone(), spec.name.clone())) {
+                Some(first) if first.value != p.value => cx.err(
+                    Code::BadValue,
+                    &p.loc,
+                    format!("`{}` conflicts with `{}` ({}) in npm prefix {prefix}", p.value, first.value, cx.where_(&first.loc)),
+                    "one prefix is installed by one `npm install -g` call; ask for one version of each package",
+                ),
+                Some(_) => {}
+                None => {
+                    seen.insert((prefix.clone(), spec.name), p.clone());
+                }
+            }
+        }
     }
 }
