@@ -7,17 +7,23 @@
 //! - [`model`]: the validated model — newtypes, no `Deserialize`.
 //! - [`validate`]: raw → model, returning every diagnostic at once.
 //! - [`plan`] and [`render`]: model → build plan → Dockerfiles.
+//! - [`settings`]: model → `defaults.json` (boot-time settings).
+//! - [`engine`]: the container engine API (bollard): build, import, export, clean up.
+//! - [`rootfs`]: container export (tar stream) → normalized, deterministic squashfs.
+//! - [`build`]: orchestration of a rootfs build: time, base, context, engine build, export.
+//! - [`scaffold`], [`inspect`], [`doctor`]: authoring and prerequisite commands.
 #![forbid(unsafe_code)]
 
 pub mod diag;
+pub mod doctor;
+pub mod inspect;
 pub mod model;
 pub mod plan;
 pub mod raw;
 pub mod rawconfig;
-pub mod source;
+pub mod render;
+pub mod rootfs;
 pub mod scaffold;
 pub mod settings;
-pub mod inspect;
+pub mod source;
 pub mod validate;
-pub mod doctor;
-pub mod render;

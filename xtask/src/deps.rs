@@ -41,7 +41,10 @@ pub fn ensure_build_deps(sh: &Shell) -> Result<()> {
         if !is_root() {
             bail!("not root: run `sudo apt-get update && sudo apt-get install -y {}` and try again", pkgs.join(" "));
         }
-        cmd!(sh, "apt-get update -qq").env("DEBIAN_FRONTEND", "noninteractive").run().context("apt-get update failed")?;
+        cmd!(sh, "apt-get update -qq")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .run()
+            .context("apt-get update failed")?;
         cmd!(sh, "apt-get install -y -qq --no-install-recommends {pkgs...}")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .run()
@@ -51,7 +54,11 @@ pub fn ensure_build_deps(sh: &Shell) -> Result<()> {
 }
 
 fn engine_answers(sh: &Shell) -> bool {
-    cmd!(sh, "docker version --format '{{.Server.Version}}'").quiet().ignore_stderr().read().is_ok_and(|v| !v.trim().is_empty())
+    cmd!(sh, "docker version --format '{{.Server.Version}}'")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .is_ok_and(|v| !v.trim().is_empty())
 }
 
 /// Starts `dockerd` in the background when no engine answers on the default socket.
@@ -60,7 +67,9 @@ fn ensure_engine(sh: &Shell) -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("no container engine answers; start one (`sudo systemctl start docker`, or `podman system service`) and retry");
+        bail!(
+            "no container engine answers; start one (`sudo systemctl start docker`, or `podman system service`) and retry"
+        );
     }
     let log = Path::new("target/dockerd.log");
     std::fs::create_dir_all("target").context("creating target/")?;

@@ -36,7 +36,10 @@ fn main() -> Result<()> {
 }
 
 fn project_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives one level below the root").to_path_buf()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the root")
+        .to_path_buf()
 }
 
 fn step(name: &str) {
@@ -60,8 +63,14 @@ fn ci(sh: &Shell) -> Result<()> {
     cmd!(sh, "cargo test --locked --manifest-path builder/fuzz/Cargo.toml").run()?;
     step("flake.nix parses");
     match cmd!(sh, "nix-instantiate --version").quiet().ignore_stdout().ignore_stderr().run() {
-        Ok(()) => cmd!(sh, "nix-instantiate --parse flake.nix").quiet().ignore_stdout().run().context("flake.nix does not parse")?,
-        Err(_) if std::env::var_os("CI").is_some() => bail!("nix-instantiate not found: CI must install Debian's nix-bin"),
+        Ok(()) => cmd!(sh, "nix-instantiate --parse flake.nix")
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .context("flake.nix does not parse")?,
+        Err(_) if std::env::var_os("CI").is_some() => {
+            bail!("nix-instantiate not found: CI must install Debian's nix-bin")
+        }
         Err(_) => eprintln!("skipped: nix-instantiate not installed (apt-get install nix-bin); CI runs this check"),
     }
     step("capsem-builder validate images/default");
@@ -91,7 +100,9 @@ fn bench(sh: &Shell, names: &[&str]) -> Result<()> {
     } else {
         names
             .iter()
-            .map(|n| BENCHES.iter().find(|(b, ..)| b == n).with_context(|| format!("unknown bench `{n}`; known: squashfs")))
+            .map(|n| {
+                BENCHES.iter().find(|(b, ..)| b == n).with_context(|| format!("unknown bench `{n}`; known: squashfs"))
+            })
             .collect::<Result<_>>()?
     };
     for (name, package, example) in selected {
