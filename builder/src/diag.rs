@@ -150,7 +150,8 @@ struct Pos {
 }
 
 fn resolve(d: &Diagnostic, sources: &SourceMap, root: &str) -> Pos {
-    let join = |rel: &str| if root.is_empty() { rel.to_string() } else { format!("{}/{rel}", root.trim_end_matches('/')) };
+    let join =
+        |rel: &str| if root.is_empty() { rel.to_string() } else { format!("{}/{rel}", root.trim_end_matches('/')) };
     match &d.location {
         Location::Span(loc) => {
             let f = sources.get(loc.file);
@@ -312,7 +313,13 @@ impl Report {
         let s = self.summary();
         let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
         if s.errors > 0 {
-            let _ = writeln!(out, "{}: {}, {}", paint("failed", "1;31"), plural(s.errors, "error"), plural(s.warnings, "warning"));
+            let _ = writeln!(
+                out,
+                "{}: {}, {}",
+                paint("failed", "1;31"),
+                plural(s.errors, "error"),
+                plural(s.warnings, "warning")
+            );
         } else if s.warnings > 0 {
             let _ = writeln!(out, "passed with {}", plural(s.warnings, "warning"));
         } else {
@@ -365,8 +372,9 @@ mod tests {
     fn renders_snippet_with_caret_under_span() {
         let mut sources = SourceMap::default();
         let f = sources.add(SourceFile::new("config/build.toml", "[build]\ncompresion_level = 3\n"));
-        let d = Diagnostic::at(Code::UnknownKey, Loc { file: f, span: 8..24 }, "unknown key `compresion_level` in [build]")
-            .help("did you mean `compression_level`?");
+        let d =
+            Diagnostic::at(Code::UnknownKey, Loc { file: f, span: 8..24 }, "unknown key `compresion_level` in [build]")
+                .help("did you mean `compression_level`?");
         let r = Report { sources, diagnostics: vec![d] };
         expect_test::expect![[r#"
             error[E011]: unknown key `compresion_level` in [build]

@@ -26,15 +26,24 @@ pub fn render_text(m: &Model) -> String {
     for (arch, a) in &m.build.architectures {
         let base = match &a.base {
             BaseImage::Registry { reference } => reference.clone(),
-            BaseImage::Bootstrap { suite, mirror, variant, .. } => format!("bootstrap {suite} ({variant}) from {mirror}"),
+            BaseImage::Bootstrap { suite, mirror, variant, .. } => {
+                format!("bootstrap {suite} ({variant}) from {mirror}")
+            }
         };
-        let _ = writeln!(o, "  {arch}: {} kernel {} ({}), base {base}", a.docker_platform, a.kernel_branch, a.defconfig);
+        let _ =
+            writeln!(o, "  {arch}: {} kernel {} ({}), base {base}", a.docker_platform, a.kernel_branch, a.defconfig);
     }
     let _ = writeln!(o, "\nAI providers:");
     for (k, p) in &m.ai {
         let state = if p.enabled { "enabled" } else { "disabled" };
-        let install = p.install.as_ref().map_or("no install".to_string(), |i| format!("{} {}", i.manager.as_str(), i.packages.join(" ")));
-        let domains = p.network.as_ref().map_or(String::new(), |n| n.domains.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", "));
+        let install = p
+            .install
+            .as_ref()
+            .map_or("no install".to_string(), |i| format!("{} {}", i.manager.as_str(), i.packages.join(" ")));
+        let domains = p
+            .network
+            .as_ref()
+            .map_or(String::new(), |n| n.domains.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", "));
         let _ = writeln!(o, "  {k} ({}) {state}: {install}; domains: {domains}", p.name);
     }
     let _ = writeln!(o, "\nPackage sets:");
@@ -58,10 +67,15 @@ pub fn render_text(m: &Model) -> String {
     for (group, map) in [("search", &w.search), ("registry", &w.registry), ("repository", &w.repository)] {
         for (k, s) in map {
             let state = if s.enabled { "on " } else { "off" };
-            let _ = writeln!(o, "  {group}.{k} [{state}] get={} post={}: {}", s.allow_get, s.allow_post, list(&s.domains));
+            let _ =
+                writeln!(o, "  {group}.{k} [{state}] get={} post={}: {}", s.allow_get, s.allow_post, list(&s.domains));
         }
     }
     let r = &m.resources.values;
-    let _ = writeln!(o, "\nVM: {} vCPU, {} GiB RAM, {} GiB scratch disk; hostname {}", r["cpu_count"], r["ram_gb"], r["scratch_disk_size_gb"], m.environment.hostname);
+    let _ = writeln!(
+        o,
+        "\nVM: {} vCPU, {} GiB RAM, {} GiB scratch disk; hostname {}",
+        r["cpu_count"], r["ram_gb"], r["scratch_disk_size_gb"], m.environment.hostname
+    );
     o
 }

@@ -14,8 +14,10 @@
 //! - [`scaffold`], [`inspect`], [`doctor`]: authoring and prerequisite commands.
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod diag;
 pub mod doctor;
+pub mod engine;
 pub mod inspect;
 pub mod model;
 pub mod plan;

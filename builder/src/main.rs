@@ -11,11 +11,15 @@ use std::process::ExitCode;
 use capsem_builder::diag::display_root;
 use capsem_builder::model::{Arch, Manager};
 use capsem_builder::validate::{self, Loaded};
-use capsem_builder::{doctor, inspect, plan, render, scaffold, settings};
+use capsem_builder::{build, doctor, inspect, plan, render, scaffold, settings};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "capsem-builder", version, about = "Build reproducible, signed capsem VM images from a TOML definition")]
+#[command(
+    name = "capsem-builder",
+    version,
+    about = "Build reproducible, signed capsem VM images from a TOML definition"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -108,6 +112,9 @@ enum Command {
         /// Output directory for assets.
         #[arg(long, default_value = "assets")]
         output: PathBuf,
+        /// Network mode of the build's RUN steps (`host` lets them reach the host's loopback).
+        #[arg(long)]
+        network: Option<String>,
     },
 }
 
@@ -254,7 +261,12 @@ fn run(cmd: Command) -> Result<ExitCode, ExitCode> {
         }
         Command::Init { dir, force } => {
             let files = scaffold::init(&dir, force).map_err(fail)?;
-            eprintln!("created {} ({} files); next: capsem-builder validate {}", dir.display(), files.len(), dir.display());
+            eprintln!(
+                "created {} ({} files); next: capsem-builder validate {}",
+                dir.display(),
+                files.len(),
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::New { dir, from, name, force } => {
@@ -265,9 +277,12 @@ fn run(cmd: Command) -> Result<ExitCode, ExitCode> {
         }
         Command::Add { what } => {
             let (dir, kind, name, opts) = match what {
-                AddWhat::AiProvider { name, dir, force } => {
-                    (dir, scaffold::AddKind::AiProvider, name, scaffold::AddOptions { manager: Manager::Apt, transport: scaffold::Transport::Stdio, force })
-                }
+                AddWhat::AiProvider { name, dir, force } => (
+                    dir,
+                    scaffold::AddKind::AiProvider,
+                    name,
+                    scaffold::AddOptions { manager: Manager::Apt, transport: scaffold::Transport::Stdio, force },
+                ),
                 AddWhat::Packages { name, dir, manager, force } => {
                     let manager = match manager {
                         ManagerArg::Apt => Manager::Apt,
@@ -276,14 +291,24 @@ fn run(cmd: Command) -> Result<ExitCode, ExitCode> {
                         ManagerArg::Npm => Manager::Npm,
                         ManagerArg::Curl => Manager::Curl,
                     };
-                    (dir, scaffold::AddKind::Packages, name, scaffold::AddOptions { manager, transport: scaffold::Transport::Stdio, force })
+                    (
+                        dir,
+                        scaffold::AddKind::Packages,
+                        name,
+                        scaffold::AddOptions { manager, transport: scaffold::Transport::Stdio, force },
+                    )
                 }
                 AddWhat::Mcp { name, dir, transport, force } => {
                     let transport = match transport {
                         TransportArg::Stdio => scaffold::Transport::Stdio,
                         TransportArg::Sse => scaffold::Transport::Sse,
                     };
-                    (dir, scaffold::AddKind::Mcp, name, scaffold::AddOptions { manager: Manager::Apt, transport, force })
+                    (
+                        dir,
+                        scaffold::AddKind::Mcp,
+                        name,
+                        scaffold::AddOptions { manager: Manager::Apt, transport, force },
+                    )
                 }
             };
             require_dir(&dir)?;
@@ -300,25 +325,23 @@ fn run(cmd: Command) -> Result<ExitCode, ExitCode> {
             }
             Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Build { dir, dry_run, arch, template, json, output } => {
+        Command::Build { dir, dry_run, arch, template, json, output, network } => {
             let model = load_ok(&dir)?;
             let archs: Vec<Arch> = match &arch {
                 Some(a) => match Arch::parse(a) {
                     Some(a) if model.build.architectures.contains_key(&a) => vec![a],
                     _ => {
                         let declared: Vec<&str> = model.build.architectures.keys().map(|a| a.as_str()).collect();
-                        return Err(usage(format_args!("architecture `{a}` is not declared in build.toml (declared: {})", declared.join(", "))));
+                        return Err(usage(format_args!(
+                            "architecture `{a}` is not declared in build.toml (declared: {})",
+                            declared.join(", ")
+                        )));
                     }
                 },
                 None => model.build.architectures.keys().copied().collect(),
             };
             if !dry_run {
-                eprintln!(
-                    "error: real builds are not implemented yet: the engine build of the rootfs (issue 3) and kernel, initrd, \
-                     manifest and signing (issue 4) are still to come. `--dry-run` prints what would be built."
-                );
-                let _ = output;
-                return Ok(ExitCode::from(1));
+                return real_build(&dir, &model, &archs, template, &output, network);
             }
             let sde = model.build.source_date_epoch;
             let guest_bins: Vec<String> = Vec::new();
@@ -357,6 +380,41 @@ fn run(cmd: Command) -> Result<ExitCode, ExitCode> {
     }
 }
 
+/// A real build: the rootfs of each architecture through the engine. Kernel, initrd, manifest
+/// and signing arrive with issue 4; asking for them says so.
+fn real_build(
+    dir: &Path,
+    model: &capsem_builder::model::Model,
+    archs: &[Arch],
+    template: Option<Template>,
+    output: &Path,
+    network: Option<String>,
+) -> Result<ExitCode, ExitCode> {
+    if template != Some(Template::Rootfs) {
+        eprintln!(
+            "error: building the kernel, initrd, manifest and signature is not implemented yet (issue 4); \
+             `--template rootfs` builds the root filesystem, `--dry-run` prints every Dockerfile"
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let opts = build::BuildOptions { network_mode: network, ..build::BuildOptions::from_env() };
+    let mut outcomes = Vec::new();
+    for arch in archs {
+        if Some(*arch) != Arch::host() {
+            eprintln!(
+                "error: cannot build {arch} on this {} host (no emulation is set up); use --arch",
+                std::env::consts::ARCH
+            );
+            return Err(ExitCode::from(1));
+        }
+        let outcome = build::build_rootfs(dir, model, *arch, output, &opts).map_err(fail)?;
+        eprintln!("built {} ({} bytes, blake3 {})", outcome.squashfs.display(), outcome.size, outcome.blake3);
+        outcomes.push(outcome);
+    }
+    println!("{}", serde_json::to_string_pretty(&outcomes).expect("outcome serializes"));
+    Ok(ExitCode::SUCCESS)
+}
+
 fn fail(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::from(1)
@@ -365,7 +423,8 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 /// Writes via a temporary file in the same directory, then renames (no half-written output).
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"))?;
+    let name =
+        path.file_name().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"))?;
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);

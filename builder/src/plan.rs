@@ -165,7 +165,14 @@ pub const GUEST_BINARIES: &[&str] = &["capsem-agent"];
 pub fn bootstrap_tag(base: &BaseImage, arch: Arch, source_date_epoch: Option<u64>) -> Option<String> {
     let BaseImage::Bootstrap { suite, mirror, variant, components } = base else { return None };
     let mut h = blake3::Hasher::new();
-    for part in [suite.as_str(), mirror, variant, &components.join(","), arch.as_str(), &source_date_epoch.map_or(String::new(), |s| s.to_string())] {
+    for part in [
+        suite.as_str(),
+        mirror,
+        variant,
+        &components.join(","),
+        arch.as_str(),
+        &source_date_epoch.map_or(String::new(), |s| s.to_string()),
+    ] {
         h.update(part.as_bytes());
         h.update(b"\0");
     }
@@ -198,7 +205,12 @@ fn installs(model: &Model) -> Vec<(String, &Install)> {
 
 /// Builds the rootfs plan for one architecture. `guest_binaries` lists the guest binaries that
 /// exist in the build context; `source_date_epoch` is the resolved build time.
-pub fn rootfs(model: &Model, arch: Arch, guest_binaries: &[String], source_date_epoch: Option<u64>) -> Option<RootfsPlan> {
+pub fn rootfs(
+    model: &Model,
+    arch: Arch,
+    guest_binaries: &[String],
+    source_date_epoch: Option<u64>,
+) -> Option<RootfsPlan> {
     let cfg = model.build.architectures.get(&arch)?;
     let mut apt_steps = Vec::new();
     let mut python_steps = Vec::new();
@@ -232,7 +244,11 @@ pub fn rootfs(model: &Model, arch: Arch, guest_binaries: &[String], source_date_
             }
             Manager::Curl => {
                 for url in &inst.packages {
-                    curl_steps.push(CurlStep { source: source.clone(), url: url.clone(), sha256: inst.checksums.get(url).cloned() });
+                    curl_steps.push(CurlStep {
+                        source: source.clone(),
+                        url: url.clone(),
+                        sha256: inst.checksums.get(url).cloned(),
+                    });
                 }
             }
         }

@@ -152,8 +152,12 @@ impl<'a, 'i> Reader<'a, 'i> {
     /// Records E001 for a missing key.
     pub fn missing(&self, key: &str, help: &str) {
         self.sink.push(
-            Diagnostic::at(Code::MissingField, self.header_loc(), format!("missing required field `{key}` in {}", self.display()))
-                .help(help.to_string()),
+            Diagnostic::at(
+                Code::MissingField,
+                self.header_loc(),
+                format!("missing required field `{key}` in {}", self.display()),
+            )
+            .help(help.to_string()),
         );
     }
 
@@ -203,8 +207,12 @@ impl<'a, 'i> Reader<'a, 'i> {
                 Ok(n) => Some(Sp { value: n, loc: self.loc(v.span()) }),
                 Err(_) => {
                     self.sink.push(
-                        Diagnostic::at(Code::OutOfRange, self.loc(v.span()), format!("`{key}` in {} is out of range", self.display()))
-                            .help("the number does not fit in a 64-bit integer; use a much smaller value"),
+                        Diagnostic::at(
+                            Code::OutOfRange,
+                            self.loc(v.span()),
+                            format!("`{key}` in {} is out of range", self.display()),
+                        )
+                        .help("the number does not fit in a 64-bit integer; use a much smaller value"),
                     );
                     None
                 }
@@ -337,7 +345,11 @@ impl<'a, 'i> Reader<'a, 'i> {
                 continue;
             }
             let candidates: Vec<&str> = known.iter().chain(extra_known).copied().collect();
-            let mut d = Diagnostic::at(Code::UnknownKey, self.loc(k.span()), format!("unknown key `{key}` in {}", self.display()));
+            let mut d = Diagnostic::at(
+                Code::UnknownKey,
+                self.loc(k.span()),
+                format!("unknown key `{key}` in {}", self.display()),
+            );
             d = match suggest(key, candidates.iter().copied()) {
                 Some(s) => d.help(format!("did you mean `{s}`?")),
                 None if candidates.is_empty() => d.help("this table takes no keys"),

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use crate::raw::{Reader, Sp};
 use crate::source::Loc;
 
-pub use crate::raw::StrMap;
 use crate::raw::Keyed;
+pub use crate::raw::StrMap;
 
 /// The whole definition as read.
 #[derive(Debug, Default)]
@@ -254,9 +254,9 @@ pub const WEB_GROUPS: &[&str] = &["search", "registry", "repository"];
 // ---- readers -------------------------------------------------------------------------------
 
 pub(crate) fn read_build(r: &Reader<'_, '_>) -> RawBuild {
-    let architectures = r.table_map("architectures").map(|m| {
-        m.map(|entries| entries.into_iter().map(|(k, a)| (k, read_arch(&a))).collect())
-    });
+    let architectures = r
+        .table_map("architectures")
+        .map(|m| m.map(|entries| entries.into_iter().map(|(k, a)| (k, read_arch(&a))).collect()));
     let b = RawBuild {
         header: r.header_loc(),
         compression: r.str("compression"),

@@ -55,14 +55,8 @@ pub const ROOTFS_TEMPLATE: &str = "Dockerfile.rootfs.j2";
 pub const KERNEL_TEMPLATE: &str = "Dockerfile.kernel.j2";
 
 const TEMPLATES: [(&str, &str); 2] = [
-    (
-        ROOTFS_TEMPLATE,
-        include_str!("../templates/Dockerfile.rootfs.j2"),
-    ),
-    (
-        KERNEL_TEMPLATE,
-        include_str!("../templates/Dockerfile.kernel.j2"),
-    ),
+    (ROOTFS_TEMPLATE, include_str!("../templates/Dockerfile.rootfs.j2")),
+    (KERNEL_TEMPLATE, include_str!("../templates/Dockerfile.kernel.j2")),
 ];
 
 /// Rendering a Dockerfile template failed.
@@ -86,18 +80,12 @@ fn line_suffix(line: Option<usize>) -> String {
 
 /// Renders the rootfs Dockerfile for one architecture.
 pub fn render_rootfs(plan: &RootfsPlan) -> Result<String, RenderError> {
-    render(
-        ROOTFS_TEMPLATE,
-        context! { from_ref => plan.base.from_ref(), ..Value::from_serialize(plan) },
-    )
+    render(ROOTFS_TEMPLATE, context! { from_ref => plan.base.from_ref(), ..Value::from_serialize(plan) })
 }
 
 /// Renders the kernel Dockerfile for one architecture.
 pub fn render_kernel(plan: &KernelPlan) -> Result<String, RenderError> {
-    render(
-        KERNEL_TEMPLATE,
-        context! { from_ref => plan.base.from_ref(), ..Value::from_serialize(plan) },
-    )
+    render(KERNEL_TEMPLATE, context! { from_ref => plan.base.from_ref(), ..Value::from_serialize(plan) })
 }
 
 /// Quotes `s` as a single POSIX shell word.
@@ -107,9 +95,7 @@ pub fn render_kernel(plan: &KernelPlan) -> Result<String, RenderError> {
 /// with each `'` written as `'\''`. Inside single quotes the shell expands nothing, so the word
 /// reaches the command unchanged. (This is the quoting of Python's `shlex.quote`.)
 pub fn shell_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b));
+    let plain = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b));
     if plain {
         return s.to_owned();
     }
@@ -128,11 +114,7 @@ pub fn shell_quote(s: &str) -> String {
 
 /// Renders the compiled-in template `name` (one of [`TEMPLATES`]) with `ctx`.
 fn render(name: &'static str, ctx: Value) -> Result<String, RenderError> {
-    let source = TEMPLATES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, s)| *s)
-        .unwrap_or_default();
+    let source = TEMPLATES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s).unwrap_or_default();
     let mut env = environment();
     env.add_template(name, source)
         .and_then(|()| env.get_template(name)?.render(ctx))
@@ -149,11 +131,7 @@ fn template_error(template: &'static str, source: &str, err: &minijinja::Error) 
     if let Some(text) = line.and_then(|l| source.lines().nth(l.checked_sub(1)?)) {
         message.push_str(&format!(" (in `{}`)", text.trim()));
     }
-    RenderError::Template {
-        template,
-        line,
-        message,
-    }
+    RenderError::Template { template, line, message }
 }
 
 fn environment() -> Environment<'static> {
@@ -179,10 +157,7 @@ fn scalar_text(value: &Value, filter: &str) -> Result<String, minijinja::Error> 
     }
     Err(minijinja::Error::new(
         ErrorKind::InvalidOperation,
-        format!(
-            "the `{filter}` filter takes a string or an integer, not {} ({value})",
-            value.kind()
-        ),
+        format!("the `{filter}` filter takes a string or an integer, not {} ({value})", value.kind()),
     ))
 }
 
@@ -256,9 +231,7 @@ mod tests {
     }
 
     fn registry_base() -> BasePlan {
-        BasePlan::Registry {
-            reference: format!("debian@sha256:{}", "4d3c2b1a".repeat(8)),
-        }
+        BasePlan::Registry { reference: format!("debian@sha256:{}", "4d3c2b1a".repeat(8)) }
     }
 
     /// A plan shaped like the shipped default image.
@@ -359,7 +332,9 @@ mod tests {
             python_steps: vec![PythonStep {
                 source: "packages/python.toml [python]".into(),
                 manager: "uv".into(),
-                install_cmd: "uv pip install --system --break-system-packages --index-url https://pypi.internal.corp.com/simple".into(),
+                install_cmd:
+                    "uv pip install --system --break-system-packages --index-url https://pypi.internal.corp.com/simple"
+                        .into(),
                 packages: strings(&["corp-sdk==3.2.0", "requests==2.32.3"]),
             }],
             npm_batches: vec![NpmBatch {
@@ -430,10 +405,8 @@ mod tests {
     fn pipes_into_shell(text: &str) -> bool {
         text.match_indices('|').any(|(at, _)| {
             let rest = text[at + 1..].trim_start();
-            let word = rest
-                .split(|c: char| c.is_whitespace() || c == ';' || c == '&' || c == ')')
-                .next()
-                .unwrap_or_default();
+            let word =
+                rest.split(|c: char| c.is_whitespace() || c == ';' || c == '&' || c == ')').next().unwrap_or_default();
             let program = word.rsplit('/').next().unwrap_or_default();
             matches!(program, "sh" | "bash" | "dash" | "zsh")
         })
@@ -464,10 +437,7 @@ mod tests {
     }
 
     fn all_rootfs_outputs() -> Vec<String> {
-        [default_plan(), corporate_plan()]
-            .iter()
-            .map(|plan| render_rootfs(plan).unwrap())
-            .collect()
+        [default_plan(), corporate_plan()].iter().map(|plan| render_rootfs(plan).unwrap()).collect()
     }
 
     #[test]
@@ -501,20 +471,13 @@ mod tests {
             sha256: None,
         });
         let out = render_rootfs(&plan).unwrap();
-        let curl_runs: Vec<_> = instructions(&out)
-            .into_iter()
-            .filter(|i| i.contains("curl -fsSL"))
-            .collect();
+        let curl_runs: Vec<_> = instructions(&out).into_iter().filter(|i| i.contains("curl -fsSL")).collect();
         assert_eq!(curl_runs.len(), 2, "{curl_runs:#?}");
         for (run, step) in curl_runs.iter().zip(&plan.curl_steps) {
             assert!(run.starts_with("RUN "), "{run}");
             assert_eq!(run.matches("curl -fsSL").count(), 1, "{run}");
             assert!(run.contains(&step.url), "{run}");
-            assert_eq!(
-                run.contains("sha256sum -c -"),
-                step.sha256.is_some(),
-                "{run}"
-            );
+            assert_eq!(run.contains("sha256sum -c -"), step.sha256.is_some(), "{run}");
         }
         assert!(out.contains("NOT pinned: no sha256 was given"), "{out}");
     }
@@ -528,17 +491,11 @@ mod tests {
             sources: strings(&["packages/node.toml [node]"]),
         });
         let out = render_rootfs(&plan).unwrap();
-        let npm_runs: Vec<_> = instructions(&out)
-            .into_iter()
-            .filter(|i| i.contains("npm install"))
-            .collect();
+        let npm_runs: Vec<_> = instructions(&out).into_iter().filter(|i| i.contains("npm install")).collect();
         assert_eq!(npm_runs.len(), 2, "{npm_runs:#?}");
         for (run, batch) in npm_runs.iter().zip(&plan.npm_batches) {
             assert_eq!(run.matches("npm install").count(), 1, "{run}");
-            assert!(
-                run.starts_with(&format!("RUN npm install -g --prefix {} ", batch.prefix)),
-                "{run}"
-            );
+            assert!(run.starts_with(&format!("RUN npm install -g --prefix {} ", batch.prefix)), "{run}");
             for package in &batch.packages {
                 assert!(run.contains(package.as_str()), "{run} lacks {package}");
             }
@@ -547,13 +504,7 @@ mod tests {
 
     #[test]
     fn hostile_package_specs_are_quoted_harmlessly() {
-        let hostile = [
-            "evil';touch /tmp/pwned;'",
-            "numpy; rm -rf /",
-            "$(reboot)",
-            "`id`",
-            "a b\\c\"d",
-        ];
+        let hostile = ["evil';touch /tmp/pwned;'", "numpy; rm -rf /", "$(reboot)", "`id`", "a b\\c\"d"];
         let mut plan = default_plan();
         plan.apt_steps[0].packages = strings(&hostile);
         plan.python_steps[0].packages = strings(&hostile);
@@ -565,16 +516,10 @@ mod tests {
             assert!(quoted.starts_with('\''), "{quoted}");
             assert_eq!(out.matches(quoted.as_str()).count(), 3, "{quoted}\n{out}");
             // And the shell reads the quoted form back as exactly one word: the spec.
-            let echoed = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!("printf '%s\\n' {quoted}"))
-                .output()
-                .unwrap();
+            let echoed =
+                std::process::Command::new("sh").arg("-c").arg(format!("printf '%s\\n' {quoted}")).output().unwrap();
             assert!(echoed.status.success());
-            assert_eq!(
-                String::from_utf8(echoed.stdout).unwrap(),
-                format!("{spec}\n")
-            );
+            assert_eq!(String::from_utf8(echoed.stdout).unwrap(), format!("{spec}\n"));
         }
     }
 
@@ -582,10 +527,7 @@ mod tests {
     fn shell_quote_leaves_plain_words_alone_and_quotes_the_rest() {
         assert_eq!(shell_quote("numpy==2.1.3"), "numpy==2.1.3");
         assert_eq!(shell_quote("@openai/codex@0.1.0"), "@openai/codex@0.1.0");
-        assert_eq!(
-            shell_quote("git=1:2.39.5-0+deb12u2"),
-            "git=1:2.39.5-0+deb12u2"
-        );
+        assert_eq!(shell_quote("git=1:2.39.5-0+deb12u2"), "git=1:2.39.5-0+deb12u2");
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("npm=9.2.0~ds1-1"), "'npm=9.2.0~ds1-1'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
@@ -622,9 +564,7 @@ mod tests {
     #[test]
     fn dockerfile_arguments_are_restricted() {
         let mut plan = default_plan();
-        plan.base = BasePlan::Registry {
-            reference: "debian@sha256:${EVIL}".into(),
-        };
+        plan.base = BasePlan::Registry { reference: "debian@sha256:${EVIL}".into() };
         let err = render_rootfs(&plan).unwrap_err().to_string();
         assert!(err.contains("docker_arg"), "{err}");
         assert!(err.contains("FROM {{ from_ref | docker_arg }}"), "{err}");
@@ -647,10 +587,7 @@ mod tests {
             assert_eq!(*template, name);
             assert!(line.is_some(), "{err}");
             let message = err.to_string();
-            assert!(
-                message.starts_with(&format!("cannot render {name}:")),
-                "{message}"
-            );
+            assert!(message.starts_with(&format!("cannot render {name}:")), "{message}");
             assert!(message.contains("undefined"), "{message}");
         }
     }
@@ -660,10 +597,7 @@ mod tests {
         let mut plan = default_plan();
         let removed = render_rootfs(&plan).unwrap();
         assert!(removed.contains("COPY extra-ca.crt "), "{removed}");
-        assert!(
-            removed.contains("update-ca-certificates --fresh"),
-            "{removed}"
-        );
+        assert!(removed.contains("update-ca-certificates --fresh"), "{removed}");
 
         plan.keep_extra_ca = true;
         let kept = render_rootfs(&plan).unwrap();
@@ -688,10 +622,9 @@ mod tests {
     #[test]
     fn every_rendered_line_is_inside_a_well_formed_instruction() {
         // A continuation that swallowed a comment, or a stray template line, shows up here.
-        let outputs = all_rootfs_outputs().into_iter().chain([
-            render_kernel(&kernel_plan_x86_64()).unwrap(),
-            render_kernel(&kernel_plan_arm64()).unwrap(),
-        ]);
+        let outputs = all_rootfs_outputs()
+            .into_iter()
+            .chain([render_kernel(&kernel_plan_x86_64()).unwrap(), render_kernel(&kernel_plan_arm64()).unwrap()]);
         let keywords = ["FROM", "ARG", "SHELL", "RUN", "COPY", "ENV", "WORKDIR"];
         for out in outputs {
             assert!(!out.contains("{{") && !out.contains("{%"), "{out}");

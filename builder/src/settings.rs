@@ -164,12 +164,18 @@ pub fn from_model(model: &Model) -> Settings<'_> {
                 )
             })
             .collect(),
-        package_networks: model.packages.iter().filter_map(|(k, s)| s.network.as_ref().map(|n| (k.as_str(), n))).collect(),
+        package_networks: model
+            .packages
+            .iter()
+            .filter_map(|(k, s)| s.network.as_ref().map(|n| (k.as_str(), n)))
+            .collect(),
         mcp: model.mcp.iter().map(|(k, m)| (k.as_str(), m)).collect(),
         vm: Vm {
             resources: RESOURCE_FIELDS
                 .iter()
-                .map(|(name, _, min, max)| (*name, Ranged { value: model.resources.values[*name], min: *min, max: *max }))
+                .map(|(name, _, min, max)| {
+                    (*name, Ranged { value: model.resources.values[*name], min: *min, max: *max })
+                })
                 .collect(),
             log_bodies: model.resources.log_bodies,
             environment: Env {

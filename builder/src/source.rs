@@ -88,10 +88,7 @@ impl SourceMap {
 
     /// Finds a file by its relative path.
     pub fn find(&self, rel_path: &str) -> Option<FileId> {
-        self.files
-            .iter()
-            .position(|f| f.rel_path == rel_path)
-            .map(|i| FileId(i as u32))
+        self.files.iter().position(|f| f.rel_path == rel_path).map(|i| FileId(i as u32))
     }
 }
 

@@ -78,7 +78,12 @@ fn init_validate_dry_run_flow() {
     let o = bin().args(["build", img, "--dry-run"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = stdout(&o);
-    for header in ["# --- x86_64 (rootfs) ---", "# --- x86_64 (kernel) ---", "# --- arm64 (rootfs) ---", "# --- arm64 (kernel) ---"] {
+    for header in [
+        "# --- x86_64 (rootfs) ---",
+        "# --- x86_64 (kernel) ---",
+        "# --- arm64 (rootfs) ---",
+        "# --- arm64 (kernel) ---",
+    ] {
         assert!(text.contains(header), "missing {header}");
     }
     // init refuses to clobber without --force
@@ -91,7 +96,8 @@ fn init_validate_dry_run_flow() {
 fn new_and_add_outputs_validate() {
     let t = tempfile::tempdir().unwrap();
     let img = t.path().join("mine");
-    let o = bin().current_dir(repo()).args(["new", img.to_str().unwrap(), "--from", "images/default"]).output().unwrap();
+    let o =
+        bin().current_dir(repo()).args(["new", img.to_str().unwrap(), "--from", "images/default"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let dir = img.to_str().unwrap();
     for args in [
@@ -109,7 +115,8 @@ fn new_and_add_outputs_validate() {
     assert_eq!(v["summary"]["errors"], 0, "{v:#}");
     assert_eq!(v["summary"]["warnings"], 0, "{v:#}");
     // every added package set reaches the build, whatever its key
-    let o = bin().args(["build", dir, "--dry-run", "--arch", "x86_64", "--template", "rootfs", "--json"]).output().unwrap();
+    let o =
+        bin().args(["build", dir, "--dry-run", "--arch", "x86_64", "--template", "rootfs", "--json"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let plan = &v["architectures"]["x86_64"]["rootfs"]["plan"];

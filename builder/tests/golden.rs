@@ -87,7 +87,12 @@ fn golden_cases_match() {
             failures.push(format!("--- {case}: expected\n{expected}\n+++ {case}: actual\n{text}"));
         }
     }
-    assert!(failures.is_empty(), "{} golden case(s) differ (UPDATE_GOLDEN=1 to accept):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} golden case(s) differ (UPDATE_GOLDEN=1 to accept):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -108,8 +113,11 @@ fn every_code_has_a_golden_case() {
 #[test]
 fn every_code_is_documented() {
     let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/diagnostics.md")).unwrap();
-    let missing: Vec<&str> =
-        Code::ALL.iter().filter(|c| !doc.contains(&format!("| {} | {} |", c.as_str(), sev(**c)))).map(|c| c.as_str()).collect();
+    let missing: Vec<&str> = Code::ALL
+        .iter()
+        .filter(|c| !doc.contains(&format!("| {} | {} |", c.as_str(), sev(**c))))
+        .map(|c| c.as_str())
+        .collect();
     assert!(missing.is_empty(), "codes missing from docs/diagnostics.md's table: {missing:?}");
 }
 

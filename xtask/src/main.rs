@@ -86,8 +86,26 @@ fn image_build(sh: &Shell, rest: &[&str]) -> Result<()> {
     cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- validate {dir}").run()?;
     step("capsem-builder doctor");
     cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- doctor {dir}").run()?;
-    step(&format!("capsem-builder build {dir}"));
-    cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- build {dir} --output assets").run()?;
+    // Our machines reach PyPI and npm only through a TLS-intercepting proxy whose CA is in the
+    // host's bundle; trust it during the build (never kept in the image) unless told otherwise.
+    let host_bundle = "/etc/ssl/certs/ca-certificates.crt";
+    let _ca = (std::env::var_os("CAPSEM_BUILD_CA_FILE").is_none() && std::path::Path::new(host_bundle).is_file()).then(
+        || {
+            eprintln!("trusting the host CA bundle during the build (CAPSEM_BUILD_CA_FILE={host_bundle})");
+            sh.push_env("CAPSEM_BUILD_CA_FILE", host_bundle)
+        },
+    );
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        other => other,
+    };
+    step(&format!("capsem-builder build {dir} --template rootfs --arch {arch}"));
+    cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- build {dir} --template rootfs --arch {arch} --output assets")
+        .run()?;
+    eprintln!(
+        "\nrootfs built under assets/{arch}/. Not implemented yet: the kernel, initrd, manifest, B3SUMS and \
+         signature (issue 4); `capsem-builder build {dir} --dry-run` shows the kernel Dockerfile."
+    );
     Ok(())
 }
 

@@ -81,30 +81,15 @@ pub struct Check {
 
 impl Check {
     fn pass(name: &'static str, detail: impl Into<String>) -> Self {
-        Check {
-            name,
-            status: Status::Pass,
-            detail: detail.into(),
-            fix: None,
-        }
+        Check { name, status: Status::Pass, detail: detail.into(), fix: None }
     }
 
     fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Check {
-            name,
-            status: Status::Warn,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
+        Check { name, status: Status::Warn, detail: detail.into(), fix: Some(fix.into()) }
     }
 
     fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Check {
-            name,
-            status: Status::Fail,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
+        Check { name, status: Status::Fail, detail: detail.into(), fix: Some(fix.into()) }
     }
 }
 
@@ -130,12 +115,7 @@ impl Report {
     pub fn render_text(&self) -> String {
         let mut out = String::new();
         for check in &self.checks {
-            out.push_str(&format!(
-                "[{}] {}: {}\n",
-                check.status.label(),
-                check.name,
-                check.detail
-            ));
+            out.push_str(&format!("[{}] {}: {}\n", check.status.label(), check.name, check.detail));
             if let Some(fix) = &check.fix {
                 out.push_str(&format!("       fix: {fix}\n"));
             }
@@ -196,12 +176,8 @@ pub fn run(opts: &Options) -> Report {
     let path_var = opts.path_var.as_deref();
     let mut checks = Vec::new();
 
-    let probe = resolve_engine(
-        opts.docker_host.as_deref(),
-        opts.xdg_runtime_dir.as_deref(),
-        |p| p.exists(),
-    )
-    .and_then(|target| probe_engine(&target, opts.timeout).map(|facts| (target, facts)));
+    let probe = resolve_engine(opts.docker_host.as_deref(), opts.xdg_runtime_dir.as_deref(), |p| p.exists())
+        .and_then(|target| probe_engine(&target, opts.timeout).map(|facts| (target, facts)));
     checks.push(engine_check(&probe));
     if let Ok((target, facts)) = &probe {
         checks.push(storage_check(target, facts));
@@ -270,64 +246,36 @@ enum EngineError {
     #[error("DOCKER_HOST={host} is not supported (only unix:// and tcp:// are)")]
     UnsupportedHost { host: String },
     #[error("socket {} does not exist{}", path.display(), if *from_docker_host { " (from DOCKER_HOST)" } else { "" })]
-    SocketMissing {
-        path: PathBuf,
-        from_docker_host: bool,
-    },
+    SocketMissing { path: PathBuf, from_docker_host: bool },
     #[error("permission denied on socket {}", path.display())]
     PermissionDenied { path: PathBuf },
     #[error("connection refused at {endpoint}: no engine is listening")]
     Refused { endpoint: Endpoint },
     #[error("engine at {endpoint} is not responding (no answer within {:.1} s)", timeout.as_secs_f64())]
-    NotResponding {
-        endpoint: Endpoint,
-        timeout: Duration,
-    },
+    NotResponding { endpoint: Endpoint, timeout: Duration },
     #[error("cannot connect to {endpoint}: {source}")]
-    Connect {
-        endpoint: Endpoint,
-        source: io::Error,
-    },
+    Connect { endpoint: Endpoint, source: io::Error },
     #[error("engine at {endpoint} is not responding to the Docker API: {message}")]
     Api { endpoint: Endpoint, message: String },
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Parses a `DOCKER_HOST` value into an endpoint; `tcp://` and `http://` without a port get Docker's 2375.
 fn parse_docker_host(host: &str) -> Result<Endpoint, EngineError> {
-    let unsupported = || EngineError::UnsupportedHost {
-        host: host.to_owned(),
-    };
+    let unsupported = || EngineError::UnsupportedHost { host: host.to_owned() };
     if let Some(path) = host.strip_prefix("unix://") {
-        return if path.is_empty() {
-            Err(unsupported())
-        } else {
-            Ok(Endpoint::Unix(PathBuf::from(path)))
-        };
+        return if path.is_empty() { Err(unsupported()) } else { Ok(Endpoint::Unix(PathBuf::from(path))) };
     }
-    let rest = host
-        .strip_prefix("tcp://")
-        .or_else(|| host.strip_prefix("http://"))
-        .ok_or_else(unsupported)?;
+    let rest = host.strip_prefix("tcp://").or_else(|| host.strip_prefix("http://")).ok_or_else(unsupported)?;
     let authority = rest.trim_end_matches('/');
     if authority.is_empty() || authority.contains('/') {
         return Err(unsupported());
     }
-    let has_port = authority
-        .rsplit_once(':')
-        .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
-    Ok(Endpoint::Tcp(if has_port {
-        authority.to_owned()
-    } else {
-        format!("{authority}:2375")
-    }))
+    let has_port = authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+    Ok(Endpoint::Tcp(if has_port { authority.to_owned() } else { format!("{authority}:2375") }))
 }
 
 /// Picks the endpoint: `DOCKER_HOST` when set; otherwise the first existing socket among Docker's, rootless
@@ -338,10 +286,7 @@ fn resolve_engine(
     exists: impl Fn(&Path) -> bool,
 ) -> Result<Target, EngineError> {
     if let Some(host) = docker_host {
-        return parse_docker_host(host).map(|endpoint| Target {
-            endpoint,
-            from_docker_host: true,
-        });
+        return parse_docker_host(host).map(|endpoint| Target { endpoint, from_docker_host: true });
     }
     let mut tried = vec![PathBuf::from(DOCKER_SOCKET)];
     if let Some(xdg) = xdg_runtime_dir {
@@ -349,10 +294,7 @@ fn resolve_engine(
     }
     tried.push(PathBuf::from(PODMAN_ROOT_SOCKET));
     match tried.iter().find(|p| exists(p)) {
-        Some(path) => Ok(Target {
-            endpoint: Endpoint::Unix(path.clone()),
-            from_docker_host: false,
-        }),
+        Some(path) => Ok(Target { endpoint: Endpoint::Unix(path.clone()), from_docker_host: false }),
         None => Err(EngineError::NoSocket { tried }),
     }
 }
@@ -362,54 +304,35 @@ fn resolve_engine(
 fn probe_engine(target: &Target, timeout: Duration) -> Result<EngineFacts, EngineError> {
     let (tx, rx) = mpsc::channel();
     let thread_target = target.clone();
-    let spawned = std::thread::Builder::new()
-        .name("doctor-engine-probe".into())
-        .spawn(move || {
-            // The receiver may have given up already; nothing to do then.
-            let _ = tx.send(probe_engine_blocking(&thread_target, timeout));
-        });
+    let spawned = std::thread::Builder::new().name("doctor-engine-probe".into()).spawn(move || {
+        // The receiver may have given up already; nothing to do then.
+        let _ = tx.send(probe_engine_blocking(&thread_target, timeout));
+    });
     if let Err(source) = spawned {
-        return Err(EngineError::Connect {
-            endpoint: target.endpoint.clone(),
-            source,
-        });
+        return Err(EngineError::Connect { endpoint: target.endpoint.clone(), source });
     }
     rx.recv_timeout(timeout.saturating_add(Duration::from_millis(500)))
-        .unwrap_or_else(|_| {
-            Err(EngineError::NotResponding {
-                endpoint: target.endpoint.clone(),
-                timeout,
-            })
-        })
+        .unwrap_or_else(|_| Err(EngineError::NotResponding { endpoint: target.endpoint.clone(), timeout }))
 }
 
 fn probe_engine_blocking(target: &Target, timeout: Duration) -> Result<EngineFacts, EngineError> {
     let started = Instant::now();
     preconnect(target, timeout)?;
     let endpoint = &target.endpoint;
-    let api_error = |e: &dyn std::error::Error| EngineError::Api {
-        endpoint: endpoint.clone(),
-        message: error_chain(e),
-    };
+    let api_error =
+        |e: &dyn std::error::Error| EngineError::Api { endpoint: endpoint.clone(), message: error_chain(e) };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| EngineError::Connect {
-            endpoint: endpoint.clone(),
-            source,
-        })?;
+        .map_err(|source| EngineError::Connect { endpoint: endpoint.clone(), source })?;
     let seconds = timeout.as_secs().max(1);
     let docker = match endpoint {
-        Endpoint::Unix(path) => bollard::Docker::connect_with_unix(
-            &path.to_string_lossy(),
-            seconds,
-            bollard::API_DEFAULT_VERSION,
-        ),
-        Endpoint::Tcp(addr) => bollard::Docker::connect_with_http(
-            &format!("tcp://{addr}"),
-            seconds,
-            bollard::API_DEFAULT_VERSION,
-        ),
+        Endpoint::Unix(path) => {
+            bollard::Docker::connect_with_unix(&path.to_string_lossy(), seconds, bollard::API_DEFAULT_VERSION)
+        }
+        Endpoint::Tcp(addr) => {
+            bollard::Docker::connect_with_http(&format!("tcp://{addr}"), seconds, bollard::API_DEFAULT_VERSION)
+        }
     }
     .map_err(|e| api_error(&e))?;
 
@@ -423,14 +346,9 @@ fn probe_engine_blocking(target: &Target, timeout: Duration) -> Result<EngineFac
         })
         .await;
         match asked {
-            Err(_elapsed) => Err(EngineError::NotResponding {
-                endpoint: endpoint.clone(),
-                timeout,
-            }),
+            Err(_elapsed) => Err(EngineError::NotResponding { endpoint: endpoint.clone(), timeout }),
             Ok(Err(e)) => Err(api_error(&e)),
-            Ok(Ok((version, info))) => {
-                Ok(engine_facts(&version, info.map_err(|e| error_chain(&e))))
-            }
+            Ok(Ok((version, info))) => Ok(engine_facts(&version, info.map_err(|e| error_chain(&e)))),
         }
     })
 }
@@ -439,44 +357,29 @@ fn probe_engine_blocking(target: &Target, timeout: Duration) -> Result<EngineFac
 fn preconnect(target: &Target, timeout: Duration) -> Result<(), EngineError> {
     let endpoint = target.endpoint.clone();
     match &target.endpoint {
-        Endpoint::Unix(path) => UnixStream::connect(path)
-            .map(drop)
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::NotFound => EngineError::SocketMissing {
-                    path: path.clone(),
-                    from_docker_host: target.from_docker_host,
-                },
-                io::ErrorKind::PermissionDenied => {
-                    EngineError::PermissionDenied { path: path.clone() }
-                }
-                io::ErrorKind::ConnectionRefused => EngineError::Refused { endpoint },
-                _ => EngineError::Connect { endpoint, source },
-            }),
+        Endpoint::Unix(path) => UnixStream::connect(path).map(drop).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => {
+                EngineError::SocketMissing { path: path.clone(), from_docker_host: target.from_docker_host }
+            }
+            io::ErrorKind::PermissionDenied => EngineError::PermissionDenied { path: path.clone() },
+            io::ErrorKind::ConnectionRefused => EngineError::Refused { endpoint },
+            _ => EngineError::Connect { endpoint, source },
+        }),
         Endpoint::Tcp(addr) => {
             use std::net::{TcpStream, ToSocketAddrs};
             let resolved = addr
                 .to_socket_addrs()
-                .map_err(|source| EngineError::Connect {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?
+                .map_err(|source| EngineError::Connect { endpoint: endpoint.clone(), source })?
                 .next()
                 .ok_or_else(|| EngineError::Connect {
                     endpoint: endpoint.clone(),
-                    source: io::Error::new(
-                        io::ErrorKind::NotFound,
-                        "host name resolved to no address",
-                    ),
+                    source: io::Error::new(io::ErrorKind::NotFound, "host name resolved to no address"),
                 })?;
-            TcpStream::connect_timeout(&resolved, timeout)
-                .map(drop)
-                .map_err(|source| match source.kind() {
-                    io::ErrorKind::ConnectionRefused => EngineError::Refused { endpoint },
-                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
-                        EngineError::NotResponding { endpoint, timeout }
-                    }
-                    _ => EngineError::Connect { endpoint, source },
-                })
+            TcpStream::connect_timeout(&resolved, timeout).map(drop).map_err(|source| match source.kind() {
+                io::ErrorKind::ConnectionRefused => EngineError::Refused { endpoint },
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => EngineError::NotResponding { endpoint, timeout },
+                _ => EngineError::Connect { endpoint, source },
+            })
         }
     }
 }
@@ -500,24 +403,14 @@ fn engine_facts(
     version: &bollard::models::SystemVersion,
     info: Result<bollard::models::SystemInfo, String>,
 ) -> EngineFacts {
-    let is_podman = version
-        .components
-        .iter()
-        .flatten()
-        .any(|c| c.name.contains("Podman"))
-        || version
-            .platform
-            .as_ref()
-            .is_some_and(|p| p.name.contains("Podman"));
+    let is_podman = version.components.iter().flatten().any(|c| c.name.contains("Podman"))
+        || version.platform.as_ref().is_some_and(|p| p.name.contains("Podman"));
     let unknown = || "unknown".to_owned();
     EngineFacts {
         name: if is_podman { "Podman" } else { "Docker" },
         version: version.version.clone().unwrap_or_else(unknown),
         api_version: version.api_version.clone().unwrap_or_else(unknown),
-        storage: info.map(|i| StorageFacts {
-            driver: i.driver,
-            root_dir: i.docker_root_dir,
-        }),
+        storage: info.map(|i| StorageFacts { driver: i.driver, root_dir: i.docker_root_dir }),
     }
 }
 
@@ -527,10 +420,7 @@ fn engine_check(probe: &Result<(Target, EngineFacts), EngineError>) -> Check {
         Ok((target, facts)) => {
             return Check::pass(
                 NAME,
-                format!(
-                    "{} {} API {} at {}",
-                    facts.name, facts.version, facts.api_version, target.endpoint
-                ),
+                format!("{} {} API {} at {}", facts.name, facts.version, facts.api_version, target.endpoint),
             );
         }
         Err(error) => error,
@@ -577,10 +467,7 @@ fn storage_check(target: &Target, facts: &EngineFacts) -> Check {
         }
     };
     let driver = storage.driver.as_deref().unwrap_or("unknown driver");
-    let root = storage
-        .root_dir
-        .as_deref()
-        .unwrap_or("an unknown directory");
+    let root = storage.root_dir.as_deref().unwrap_or("an unknown directory");
     let mut detail = format!("{driver} at {root}");
     // The root directory is only on this filesystem when the engine is local.
     let free = match (&target.endpoint, &storage.root_dir) {
@@ -600,22 +487,15 @@ fn storage_check(target: &Target, facts: &EngineFacts) -> Check {
     if driver == "vfs" {
         return Check::warn(
             NAME,
-            format!(
-                "{detail}; the vfs driver copies every layer in full, so builds are slow and use far more disk"
-            ),
+            format!("{detail}; the vfs driver copies every layer in full, so builds are slow and use far more disk"),
             "use overlay2: put {\"storage-driver\": \"overlay2\"} in /etc/docker/daemon.json and restart the engine",
         );
     }
     match free {
         Some(free) if free < DISK_WARN_BELOW => Check::warn(
             NAME,
-            format!(
-                "{detail}; layers of a full image need about {}",
-                gib(DISK_WARN_BELOW)
-            ),
-            format!(
-                "free space under {root} (`docker system prune` removes unused images and build cache)"
-            ),
+            format!("{detail}; layers of a full image need about {}", gib(DISK_WARN_BELOW)),
+            format!("free space under {root} (`docker system prune` removes unused images and build cache)"),
         ),
         _ => Check::pass(NAME, detail),
     }
@@ -633,16 +513,8 @@ struct HostTool {
 }
 
 const HOST_TOOLS: [HostTool; 4] = [
-    HostTool {
-        name: "unsquashfs",
-        package: "squashfs-tools",
-        purpose: "inspect and test rootfs.squashfs",
-    },
-    HostTool {
-        name: "b3sum",
-        package: "b3sum",
-        purpose: "verify assets with `b3sum -c B3SUMS`",
-    },
+    HostTool { name: "unsquashfs", package: "squashfs-tools", purpose: "inspect and test rootfs.squashfs" },
+    HostTool { name: "b3sum", package: "b3sum", purpose: "verify assets with `b3sum -c B3SUMS`" },
     HostTool {
         name: "minisign",
         package: "minisign",
@@ -657,36 +529,26 @@ const HOST_TOOLS: [HostTool; 4] = [
 
 /// The first `name` in `path_var` that is a file with an execute bit (symlinks followed).
 fn find_executable(name: &str, path_var: Option<&OsStr>) -> Option<PathBuf> {
-    std::env::split_paths(path_var?)
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .map(|dir| dir.join(name))
-        .find(|candidate| {
-            std::fs::metadata(candidate)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+    std::env::split_paths(path_var?).filter(|dir| !dir.as_os_str().is_empty()).map(|dir| dir.join(name)).find(
+        |candidate| std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0),
+    )
 }
 
 /// Runs `program args…` with no stdin and returns its stdout, or why it failed, within `timeout`.
 fn command_stdout(program: &Path, args: &[&str], timeout: Duration) -> Result<String, String> {
     let argv = format!("`{} {}`", program.display(), args.join(" "));
-    let mut child =
-        spawn_retrying(program, args).map_err(|e| format!("{argv} could not start: {e}"))?;
+    let mut child = spawn_retrying(program, args).map_err(|e| format!("{argv} could not start: {e}"))?;
     let stdout = read_in_background(child.stdout.take());
     let stderr = read_in_background(child.stderr.take());
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < timeout => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
+            Ok(None) if started.elapsed() < timeout => std::thread::sleep(Duration::from_millis(10)),
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "{argv} did not finish within {:.1} s",
-                    timeout.as_secs_f64()
-                ));
+                return Err(format!("{argv} did not finish within {:.1} s", timeout.as_secs_f64()));
             }
             Err(e) => return Err(format!("{argv} could not be waited for: {e}")),
         }
@@ -696,10 +558,7 @@ fn command_stdout(program: &Path, args: &[&str], timeout: Duration) -> Result<St
         Ok(stdout)
     } else {
         let stderr = stderr.recv().unwrap_or_default();
-        let reason = stderr
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no message");
+        let reason = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message");
         Err(format!("{argv} failed ({status}): {}", reason.trim()))
     }
 }
@@ -708,17 +567,10 @@ fn command_stdout(program: &Path, args: &[&str], timeout: Duration) -> Result<St
 fn spawn_retrying(program: &Path, args: &[&str]) -> io::Result<std::process::Child> {
     let mut attempts = 0;
     loop {
-        let spawned = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
+        let spawned =
+            Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
         match spawned {
-            Err(e)
-                if e.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error())
-                    && attempts < 20 =>
-            {
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error()) && attempts < 20 => {
                 attempts += 1;
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -746,11 +598,7 @@ fn mmdebstrap_check(path_var: Option<&OsStr>, timeout: Duration) -> Check {
             NAME,
             format!(
                 "not found on {} (needed to bootstrap the base image without a registry)",
-                if path_var.is_some() {
-                    "PATH"
-                } else {
-                    "PATH (PATH is not set)"
-                }
+                if path_var.is_some() { "PATH" } else { "PATH (PATH is not set)" }
             ),
             "apt-get install mmdebstrap",
         );
@@ -758,15 +606,8 @@ fn mmdebstrap_check(path_var: Option<&OsStr>, timeout: Duration) -> Check {
     match command_stdout(&path, &["--version"], timeout) {
         Ok(stdout) => {
             let first = stdout.lines().next().unwrap_or("").trim();
-            let version = first
-                .strip_prefix("mmdebstrap")
-                .map(str::trim)
-                .unwrap_or(first);
-            let version = if version.is_empty() {
-                "(version unknown)"
-            } else {
-                version
-            };
+            let version = first.strip_prefix("mmdebstrap").map(str::trim).unwrap_or(first);
+            let version = if version.is_empty() { "(version unknown)" } else { version };
             Check::pass(NAME, format!("mmdebstrap {version} at {}", path.display()))
         }
         Err(reason) => Check::warn(
@@ -808,13 +649,7 @@ fn disk_status(free: u64) -> Status {
 /// `dir` itself, or the nearest ancestor that exists (the output directory is often not created yet).
 fn nearest_existing(dir: &Path) -> PathBuf {
     dir.ancestors()
-        .map(|a| {
-            if a.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                a
-            }
-        })
+        .map(|a| if a.as_os_str().is_empty() { Path::new(".") } else { a })
         .find(|a| a.exists())
         .unwrap_or(Path::new("/"))
         .to_path_buf()
@@ -826,11 +661,7 @@ fn disk_check(output_dir: &Path) -> Check {
     let place = if at == output_dir {
         at.display().to_string()
     } else {
-        format!(
-            "{} (nearest existing parent of {})",
-            at.display(),
-            output_dir.display()
-        )
+        format!("{} (nearest existing parent of {})", at.display(), output_dir.display())
     };
     let free = match rustix::fs::statvfs(&at) {
         Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
@@ -838,10 +669,7 @@ fn disk_check(output_dir: &Path) -> Check {
             return Check::warn(
                 NAME,
                 format!("cannot measure free space at {place}: {errno}"),
-                format!(
-                    "make sure {} is readable, or choose another output directory",
-                    at.display()
-                ),
+                format!("make sure {} is readable, or choose another output directory", at.display()),
             );
         }
     };
@@ -873,20 +701,14 @@ fn parse_meminfo(text: &str) -> Option<MemInfo> {
             kib.checked_mul(1024)
         })
     };
-    Some(MemInfo {
-        total: field("MemTotal")?,
-        available: field("MemAvailable"),
-    })
+    Some(MemInfo { total: field("MemTotal")?, available: field("MemAvailable") })
 }
 
 fn memory_check(meminfo_path: &Path) -> Check {
     const NAME: &str = "memory";
     let parsed = std::fs::read_to_string(meminfo_path)
         .map_err(|e| format!("cannot read {}: {e}", meminfo_path.display()))
-        .and_then(|text| {
-            parse_meminfo(&text)
-                .ok_or_else(|| format!("no MemTotal line in {}", meminfo_path.display()))
-        });
+        .and_then(|text| parse_meminfo(&text).ok_or_else(|| format!("no MemTotal line in {}", meminfo_path.display())));
     let mem = match parsed {
         Ok(mem) => mem,
         Err(reason) => {
@@ -908,10 +730,7 @@ fn memory_check(meminfo_path: &Path) -> Check {
     if mem.total < MEM_FAIL_BELOW {
         Check::fail(
             NAME,
-            format!(
-                "{detail}; package installs and squashfs compression need {}",
-                gib(MEM_FAIL_BELOW)
-            ),
+            format!("{detail}; package installs and squashfs compression need {}", gib(MEM_FAIL_BELOW)),
             format!(
                 "build on a machine (or VM) with at least {} of RAM, {} recommended",
                 gib(MEM_FAIL_BELOW),
@@ -930,10 +749,7 @@ fn memory_check(meminfo_path: &Path) -> Check {
     } else if mem.available.is_some_and(|a| a < MEM_AVAILABLE_WARN_BELOW) {
         Check::warn(
             NAME,
-            format!(
-                "{detail}; less than {} is free right now",
-                gib(MEM_AVAILABLE_WARN_BELOW)
-            ),
+            format!("{detail}; less than {} is free right now", gib(MEM_AVAILABLE_WARN_BELOW)),
             "close other memory-hungry programs (or stop idle containers) before building",
         )
     } else {
@@ -949,11 +765,7 @@ fn image_config_check(image_dir: &Path) -> Check {
     let build_toml = image_dir.join("config").join("build.toml");
     let fix = format!("capsem-builder init {}", image_dir.display());
     if !image_dir.is_dir() {
-        return Check::fail(
-            NAME,
-            format!("image directory {} does not exist", image_dir.display()),
-            fix,
-        );
+        return Check::fail(NAME, format!("image directory {} does not exist", image_dir.display()), fix);
     }
     match std::fs::metadata(&build_toml) {
         Ok(m) if m.is_file() => match std::fs::File::open(&build_toml) {

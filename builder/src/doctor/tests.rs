@@ -31,10 +31,7 @@ fn gib_kib(n: u64) -> u64 {
 }
 
 fn unix_target(path: &Path) -> Target {
-    Target {
-        endpoint: Endpoint::Unix(path.to_path_buf()),
-        from_docker_host: true,
-    }
+    Target { endpoint: Endpoint::Unix(path.to_path_buf()), from_docker_host: true }
 }
 
 fn engine(target: &Target, timeout: Duration) -> Check {
@@ -46,17 +43,10 @@ fn engine(target: &Target, timeout: Duration) -> Check {
 #[test]
 fn mmdebstrap_on_path_passes_with_its_version() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_executable(
-        dir.path(),
-        "mmdebstrap",
-        "#!/bin/sh\necho mmdebstrap 1.3.5\n",
-    );
+    let path = write_executable(dir.path(), "mmdebstrap", "#!/bin/sh\necho mmdebstrap 1.3.5\n");
     let check = mmdebstrap_check(Some(dir.path().as_os_str()), DEFAULT_TIMEOUT);
     assert_eq!(check.status, Status::Pass, "{check:?}");
-    assert_eq!(
-        check.detail,
-        format!("mmdebstrap 1.3.5 at {}", path.display())
-    );
+    assert_eq!(check.detail, format!("mmdebstrap 1.3.5 at {}", path.display()));
     assert_eq!(check.fix, None);
 }
 
@@ -66,24 +56,14 @@ fn mmdebstrap_missing_fails_with_apt_fix() {
         let check = mmdebstrap_check(path_var, DEFAULT_TIMEOUT);
         assert_eq!(check.status, Status::Fail);
         assert!(check.detail.contains("not found"), "{}", check.detail);
-        assert!(
-            check
-                .fix
-                .as_deref()
-                .unwrap()
-                .contains("apt-get install mmdebstrap")
-        );
+        assert!(check.fix.as_deref().unwrap().contains("apt-get install mmdebstrap"));
     }
 }
 
 #[test]
 fn non_executable_file_on_path_is_not_found() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("mmdebstrap"),
-        "#!/bin/sh\necho mmdebstrap 1.3.5\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("mmdebstrap"), "#!/bin/sh\necho mmdebstrap 1.3.5\n").unwrap();
     let check = mmdebstrap_check(Some(dir.path().as_os_str()), DEFAULT_TIMEOUT);
     assert_eq!(check.status, Status::Fail, "{check:?}");
 }
@@ -91,11 +71,7 @@ fn non_executable_file_on_path_is_not_found() {
 #[test]
 fn mmdebstrap_whose_version_fails_warns_with_reason() {
     let dir = tempfile::tempdir().unwrap();
-    write_executable(
-        dir.path(),
-        "mmdebstrap",
-        "#!/bin/sh\necho 'perl: broken' >&2\nexit 3\n",
-    );
+    write_executable(dir.path(), "mmdebstrap", "#!/bin/sh\necho 'perl: broken' >&2\nexit 3\n");
     let check = mmdebstrap_check(Some(dir.path().as_os_str()), DEFAULT_TIMEOUT);
     assert_eq!(check.status, Status::Warn, "{check:?}");
     assert!(check.detail.contains("perl: broken"), "{}", check.detail);
@@ -107,11 +83,7 @@ fn hanging_version_command_is_cut_off() {
     write_executable(dir.path(), "mmdebstrap", "#!/bin/sh\nexec sleep 30\n");
     let started = Instant::now();
     let check = mmdebstrap_check(Some(dir.path().as_os_str()), Duration::from_millis(200));
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
     assert_eq!(check.status, Status::Warn, "{check:?}");
     assert!(check.detail.contains("did not finish"), "{}", check.detail);
 }
@@ -121,33 +93,15 @@ fn host_tools_warn_with_their_debian_package() {
     let dir = tempfile::tempdir().unwrap();
     let b3sum = write_executable(dir.path(), "b3sum", "#!/bin/sh\n");
     let path_var = std::env::join_paths([Path::new("/nonexistent-dir"), dir.path()]).unwrap();
-    let checks: Vec<Check> = HOST_TOOLS
-        .iter()
-        .map(|t| host_tool_check(t, Some(&path_var)))
-        .collect();
-    let summary: Vec<_> = checks
-        .iter()
-        .map(|c| (c.name, c.status, c.fix.clone()))
-        .collect();
+    let checks: Vec<Check> = HOST_TOOLS.iter().map(|t| host_tool_check(t, Some(&path_var))).collect();
+    let summary: Vec<_> = checks.iter().map(|c| (c.name, c.status, c.fix.clone())).collect();
     assert_eq!(
         summary,
         [
-            (
-                "unsquashfs",
-                Status::Warn,
-                Some("apt-get install squashfs-tools".to_owned())
-            ),
+            ("unsquashfs", Status::Warn, Some("apt-get install squashfs-tools".to_owned())),
             ("b3sum", Status::Pass, None),
-            (
-                "minisign",
-                Status::Warn,
-                Some("apt-get install minisign".to_owned())
-            ),
-            (
-                "qemu-system-x86_64",
-                Status::Warn,
-                Some("apt-get install qemu-system-x86".to_owned())
-            ),
+            ("minisign", Status::Warn, Some("apt-get install minisign".to_owned())),
+            ("qemu-system-x86_64", Status::Warn, Some("apt-get install qemu-system-x86".to_owned())),
         ]
     );
     assert_eq!(checks[1].detail, format!("found at {}", b3sum.display()));
@@ -158,24 +112,12 @@ fn host_tools_warn_with_their_debian_package() {
 #[test]
 fn memory_thresholds() {
     let dir = tempfile::tempdir().unwrap();
-    let cases = [
-        (2, 1, Status::Fail),
-        (6, 5, Status::Warn),
-        (24, 20, Status::Pass),
-        (24, 2, Status::Warn),
-    ];
+    let cases = [(2, 1, Status::Fail), (6, 5, Status::Warn), (24, 20, Status::Pass), (24, 2, Status::Warn)];
     for (total, available, expected) in cases {
         let check = memory_check(&meminfo(dir.path(), gib_kib(total), gib_kib(available)));
-        assert_eq!(
-            check.status, expected,
-            "{total} GiB total, {available} available: {check:?}"
-        );
+        assert_eq!(check.status, expected, "{total} GiB total, {available} available: {check:?}");
         assert_eq!(check.fix.is_some(), expected != Status::Pass);
-        assert!(
-            check
-                .detail
-                .starts_with(&format!("{total}.0 GiB total, {available}.0 GiB available"))
-        );
+        assert!(check.detail.starts_with(&format!("{total}.0 GiB total, {available}.0 GiB available")));
     }
 }
 
@@ -184,11 +126,7 @@ fn unreadable_or_garbled_meminfo_warns() {
     let dir = tempfile::tempdir().unwrap();
     let missing = memory_check(&dir.path().join("absent"));
     assert_eq!(missing.status, Status::Warn);
-    assert!(
-        missing.detail.starts_with("cannot read"),
-        "{}",
-        missing.detail
-    );
+    assert!(missing.detail.starts_with("cannot read"), "{}", missing.detail);
     let garbled = dir.path().join("garbled");
     std::fs::write(&garbled, "MemTotal: lots\n").unwrap();
     assert_eq!(memory_check(&garbled).status, Status::Warn);
@@ -198,18 +136,9 @@ fn unreadable_or_garbled_meminfo_warns() {
 fn parse_meminfo_reads_kib_and_tolerates_missing_available() {
     assert_eq!(
         parse_meminfo("MemTotal:        4 kB\nMemAvailable:    2 kB\n"),
-        Some(MemInfo {
-            total: 4096,
-            available: Some(2048)
-        })
+        Some(MemInfo { total: 4096, available: Some(2048) })
     );
-    assert_eq!(
-        parse_meminfo("MemTotal: 8 kB\n"),
-        Some(MemInfo {
-            total: 8192,
-            available: None
-        })
-    );
+    assert_eq!(parse_meminfo("MemTotal: 8 kB\n"), Some(MemInfo { total: 8192, available: None }));
     assert_eq!(parse_meminfo("MemTotalX: 8 kB\n"), None);
 }
 
@@ -228,17 +157,11 @@ fn disk_is_measured_at_nearest_existing_ancestor() {
     let output = dir.path().join("not/yet/created");
     let check = disk_check(&output);
     assert!(
-        check.detail.contains(&format!(
-            "free at {} (nearest existing parent of",
-            dir.path().display()
-        )),
+        check.detail.contains(&format!("free at {} (nearest existing parent of", dir.path().display())),
         "{}",
         check.detail
     );
-    assert_eq!(
-        nearest_existing(Path::new("relative-dir-that-does-not-exist/x")),
-        Path::new(".")
-    );
+    assert_eq!(nearest_existing(Path::new("relative-dir-that-does-not-exist/x")), Path::new("."));
 }
 
 // --- engine --------------------------------------------------------------------------------------------
@@ -246,36 +169,12 @@ fn disk_is_measured_at_nearest_existing_ancestor() {
 #[test]
 fn docker_host_parsing() {
     let tcp = |s: &str| Endpoint::Tcp(s.to_owned());
-    assert_eq!(
-        parse_docker_host("unix:///run/x.sock").unwrap(),
-        Endpoint::Unix("/run/x.sock".into())
-    );
-    assert_eq!(
-        parse_docker_host("tcp://10.0.0.1:2376").unwrap(),
-        tcp("10.0.0.1:2376")
-    );
-    assert_eq!(
-        parse_docker_host("tcp://dockerhost").unwrap(),
-        tcp("dockerhost:2375")
-    );
-    assert_eq!(
-        parse_docker_host("http://[::1]:80/").unwrap(),
-        tcp("[::1]:80")
-    );
-    for bad in [
-        "ssh://me@host",
-        "npipe:////./pipe/docker_engine",
-        "unix://",
-        "/var/run/docker.sock",
-        "tcp://h/p",
-    ] {
-        assert!(
-            matches!(
-                parse_docker_host(bad),
-                Err(EngineError::UnsupportedHost { .. })
-            ),
-            "{bad}"
-        );
+    assert_eq!(parse_docker_host("unix:///run/x.sock").unwrap(), Endpoint::Unix("/run/x.sock".into()));
+    assert_eq!(parse_docker_host("tcp://10.0.0.1:2376").unwrap(), tcp("10.0.0.1:2376"));
+    assert_eq!(parse_docker_host("tcp://dockerhost").unwrap(), tcp("dockerhost:2375"));
+    assert_eq!(parse_docker_host("http://[::1]:80/").unwrap(), tcp("[::1]:80"));
+    for bad in ["ssh://me@host", "npipe:////./pipe/docker_engine", "unix://", "/var/run/docker.sock", "tcp://h/p"] {
+        assert!(matches!(parse_docker_host(bad), Err(EngineError::UnsupportedHost { .. })), "{bad}");
     }
 }
 
@@ -283,32 +182,12 @@ fn docker_host_parsing() {
 fn without_docker_host_the_first_existing_socket_wins() {
     let xdg = Path::new("/run/user/1000");
     let rootless = xdg.join("podman/podman.sock");
-    let pick = |existing: &[&Path]| {
-        resolve_engine(None, Some(xdg), |p| existing.contains(&p)).map(|t| t.endpoint)
-    };
-    assert_eq!(
-        pick(&[Path::new(DOCKER_SOCKET), &rootless]).unwrap(),
-        Endpoint::Unix(DOCKER_SOCKET.into())
-    );
-    assert_eq!(
-        pick(&[&rootless, Path::new(PODMAN_ROOT_SOCKET)]).unwrap(),
-        Endpoint::Unix(rootless.clone())
-    );
-    assert_eq!(
-        pick(&[Path::new(PODMAN_ROOT_SOCKET)]).unwrap(),
-        Endpoint::Unix(PODMAN_ROOT_SOCKET.into())
-    );
-    let Err(EngineError::NoSocket { tried }) = pick(&[]) else {
-        panic!("expected NoSocket")
-    };
-    assert_eq!(
-        tried,
-        [
-            PathBuf::from(DOCKER_SOCKET),
-            rootless,
-            PathBuf::from(PODMAN_ROOT_SOCKET)
-        ]
-    );
+    let pick = |existing: &[&Path]| resolve_engine(None, Some(xdg), |p| existing.contains(&p)).map(|t| t.endpoint);
+    assert_eq!(pick(&[Path::new(DOCKER_SOCKET), &rootless]).unwrap(), Endpoint::Unix(DOCKER_SOCKET.into()));
+    assert_eq!(pick(&[&rootless, Path::new(PODMAN_ROOT_SOCKET)]).unwrap(), Endpoint::Unix(rootless.clone()));
+    assert_eq!(pick(&[Path::new(PODMAN_ROOT_SOCKET)]).unwrap(), Endpoint::Unix(PODMAN_ROOT_SOCKET.into()));
+    let Err(EngineError::NoSocket { tried }) = pick(&[]) else { panic!("expected NoSocket") };
+    assert_eq!(tried, [PathBuf::from(DOCKER_SOCKET), rootless, PathBuf::from(PODMAN_ROOT_SOCKET)]);
     // DOCKER_HOST wins even when its socket is missing, and no fallback is tried.
     let target = resolve_engine(Some("unix:///nonexistent.sock"), Some(xdg), |_| true).unwrap();
     assert_eq!(target, unix_target(Path::new("/nonexistent.sock")));
@@ -316,44 +195,27 @@ fn without_docker_host_the_first_existing_socket_wins() {
 
 #[test]
 fn missing_socket_from_docker_host_fails_with_fix() {
-    let target =
-        resolve_engine(Some("unix:///nonexistent.sock"), None, |p| p.exists()).unwrap();
+    let target = resolve_engine(Some("unix:///nonexistent.sock"), None, |p| p.exists()).unwrap();
     let check = engine(&target, FAST);
     assert_eq!(check.status, Status::Fail);
-    assert_eq!(
-        check.detail,
-        "socket /nonexistent.sock does not exist (from DOCKER_HOST)"
-    );
+    assert_eq!(check.detail, "socket /nonexistent.sock does not exist (from DOCKER_HOST)");
     let fix = check.fix.unwrap();
-    assert!(
-        fix.contains("unset DOCKER_HOST") && fix.contains("apt-get install docker.io"),
-        "{fix}"
-    );
+    assert!(fix.contains("unset DOCKER_HOST") && fix.contains("apt-get install docker.io"), "{fix}");
 }
 
 #[test]
 fn no_socket_at_all_fails_with_install_fix() {
-    let check = engine_check(&Err(EngineError::NoSocket {
-        tried: vec!["/a.sock".into(), "/b.sock".into()],
-    }));
+    let check = engine_check(&Err(EngineError::NoSocket { tried: vec!["/a.sock".into(), "/b.sock".into()] }));
     assert_eq!(check.status, Status::Fail);
-    assert_eq!(
-        check.detail,
-        "no engine socket found (tried /a.sock, /b.sock)"
-    );
+    assert_eq!(check.detail, "no engine socket found (tried /a.sock, /b.sock)");
     assert!(check.fix.unwrap().contains("podman system service"));
 }
 
 #[test]
 fn permission_denied_is_told_apart() {
     // Root ignores socket permissions, so the classification is tested on the error value.
-    let check = engine_check(&Err(EngineError::PermissionDenied {
-        path: DOCKER_SOCKET.into(),
-    }));
-    assert_eq!(
-        check.detail,
-        "permission denied on socket /var/run/docker.sock"
-    );
+    let check = engine_check(&Err(EngineError::PermissionDenied { path: DOCKER_SOCKET.into() }));
+    assert_eq!(check.detail, "permission denied on socket /var/run/docker.sock");
     assert!(check.fix.unwrap().contains("usermod -aG docker"));
 }
 
@@ -364,11 +226,7 @@ fn stale_socket_is_connection_refused() {
     drop(UnixListener::bind(&path).unwrap()); // the file stays, nobody listens
     let check = engine(&unix_target(&path), FAST);
     assert_eq!(check.status, Status::Fail);
-    assert!(
-        check.detail.starts_with("connection refused at unix://"),
-        "{}",
-        check.detail
-    );
+    assert!(check.detail.starts_with("connection refused at unix://"), "{}", check.detail);
     assert!(check.fix.unwrap().contains("systemctl start docker"));
 }
 
@@ -384,17 +242,9 @@ fn engine_that_closes_connections_fails_fast() {
     });
     let started = Instant::now();
     let check = engine(&unix_target(&path), DEFAULT_TIMEOUT);
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
     assert_eq!(check.status, Status::Fail);
-    assert!(
-        check.detail.contains("is not responding to the Docker API"),
-        "{}",
-        check.detail
-    );
+    assert!(check.detail.contains("is not responding to the Docker API"), "{}", check.detail);
     assert!(check.fix.unwrap().contains("restart"));
 }
 
@@ -411,48 +261,25 @@ fn engine_that_never_answers_times_out() {
     });
     let started = Instant::now();
     let check = engine(&unix_target(&path), Duration::from_millis(300));
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     assert_eq!(check.status, Status::Fail);
-    assert!(
-        check
-            .detail
-            .contains("is not responding (no answer within 0.3 s)"),
-        "{}",
-        check.detail
-    );
+    assert!(check.detail.contains("is not responding (no answer within 0.3 s)"), "{}", check.detail);
 }
 
 #[test]
 fn tcp_connection_refused() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let target =
-        resolve_engine(Some(&format!("tcp://127.0.0.1:{port}")), None, |_| false).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let target = resolve_engine(Some(&format!("tcp://127.0.0.1:{port}")), None, |_| false).unwrap();
     let check = engine(&target, FAST);
     assert_eq!(check.status, Status::Fail);
-    assert_eq!(
-        check.detail,
-        format!("connection refused at tcp://127.0.0.1:{port}: no engine is listening")
-    );
+    assert_eq!(check.detail, format!("connection refused at tcp://127.0.0.1:{port}: no engine is listening"));
 }
 
 #[test]
 fn unsupported_docker_host_fails() {
-    let Err(error) = resolve_engine(Some("ssh://me@builder"), None, |_| true) else {
-        panic!()
-    };
+    let Err(error) = resolve_engine(Some("ssh://me@builder"), None, |_| true) else { panic!() };
     let check = engine_check(&Err(error));
-    assert_eq!(
-        check.detail,
-        "DOCKER_HOST=ssh://me@builder is not supported (only unix:// and tcp:// are)"
-    );
+    assert_eq!(check.detail, "DOCKER_HOST=ssh://me@builder is not supported (only unix:// and tcp:// are)");
     assert!(check.fix.unwrap().contains("ssh -nNL"));
 }
 
@@ -480,9 +307,7 @@ fn fake_engine(dir: &Path, version_json: &'static str, info_json: String) -> Pat
                 _ => (
                     "400 Bad Request",
                     "application/json",
-                    format!(
-                        r#"{{"message":"unsupported: {path} (maximum API version is 1.41)"}}"#
-                    ),
+                    format!(r#"{{"message":"unsupported: {path} (maximum API version is 1.41)"}}"#),
                 ),
             };
             let _ = write!(
@@ -506,31 +331,18 @@ fn reachable_docker_reports_version_api_and_storage() {
     let target = unix_target(&path);
     let facts = probe_engine(&target, DEFAULT_TIMEOUT).unwrap();
     let check = engine_check(&Ok((target.clone(), facts.clone())));
-    assert_eq!(
-        check,
-        Check::pass(
-            "engine",
-            format!("Docker 28.2.2 API 1.50 at unix://{}", path.display())
-        )
-    );
+    assert_eq!(check, Check::pass("engine", format!("Docker 28.2.2 API 1.50 at unix://{}", path.display())));
     let storage = storage_check(&target, &facts);
-    assert!(
-        storage.detail.starts_with(&format!("overlay2 at {root}, ")),
-        "{}",
-        storage.detail
-    );
+    assert!(storage.detail.starts_with(&format!("overlay2 at {root}, ")), "{}", storage.detail);
     assert!(storage.detail.ends_with(" GiB free"), "{}", storage.detail);
 }
 
 #[test]
 fn reachable_podman_is_named_and_vfs_warns() {
     let dir = tempfile::tempdir().unwrap();
-    let version = r#"{"Version":"4.3.1","ApiVersion":"1.41","Components":[{"Name":"Podman Engine","Version":"4.3.1"}]}"#;
-    let path = fake_engine(
-        dir.path(),
-        version,
-        r#"{"Driver":"vfs","DockerRootDir":"/nonexistent"}"#.into(),
-    );
+    let version =
+        r#"{"Version":"4.3.1","ApiVersion":"1.41","Components":[{"Name":"Podman Engine","Version":"4.3.1"}]}"#;
+    let path = fake_engine(dir.path(), version, r#"{"Driver":"vfs","DockerRootDir":"/nonexistent"}"#.into());
     let target = unix_target(&path);
     let facts = probe_engine(&target, DEFAULT_TIMEOUT).unwrap();
     assert_eq!(
@@ -539,13 +351,7 @@ fn reachable_podman_is_named_and_vfs_warns() {
     );
     let storage = storage_check(&target, &facts);
     assert_eq!(storage.status, Status::Warn);
-    assert!(
-        storage
-            .detail
-            .starts_with("vfs at /nonexistent (free space unknown: "),
-        "{}",
-        storage.detail
-    );
+    assert!(storage.detail.starts_with("vfs at /nonexistent (free space unknown: "), "{}", storage.detail);
     assert!(storage.fix.unwrap().contains("overlay2"));
 }
 
@@ -570,23 +376,12 @@ fn image_config_requires_build_toml() {
     let dir = tempfile::tempdir().unwrap();
     let missing = image_config_check(dir.path());
     assert_eq!(missing.status, Status::Fail);
-    assert!(
-        missing.detail.ends_with("config/build.toml not found"),
-        "{}",
-        missing.detail
-    );
-    assert_eq!(
-        missing.fix.unwrap(),
-        format!("capsem-builder init {}", dir.path().display())
-    );
+    assert!(missing.detail.ends_with("config/build.toml not found"), "{}", missing.detail);
+    assert_eq!(missing.fix.unwrap(), format!("capsem-builder init {}", dir.path().display()));
 
     let absent = image_config_check(&dir.path().join("nope"));
     assert_eq!(absent.status, Status::Fail);
-    assert!(
-        absent.detail.starts_with("image directory"),
-        "{}",
-        absent.detail
-    );
+    assert!(absent.detail.starts_with("image directory"), "{}", absent.detail);
 
     std::fs::create_dir(dir.path().join("config")).unwrap();
     std::fs::write(dir.path().join("config/build.toml"), "").unwrap();
@@ -629,24 +424,14 @@ fn run_reports_every_check_in_order_without_touching_the_host() {
     assert!(!report.passed());
     let mut no_image = hermetic(dir.path());
     no_image.image_dir = None;
-    assert_eq!(
-        run(&no_image).checks.last().unwrap().name,
-        "qemu-system-x86_64"
-    );
+    assert_eq!(run(&no_image).checks.last().unwrap().name, "qemu-system-x86_64");
 }
 
 fn sample_report() -> Report {
     Report {
         checks: vec![
-            Check::pass(
-                "engine",
-                "Docker 28.2.2 API 1.50 at unix:///var/run/docker.sock",
-            ),
-            Check::fail(
-                "mmdebstrap",
-                "not found on PATH",
-                "apt-get install mmdebstrap",
-            ),
+            Check::pass("engine", "Docker 28.2.2 API 1.50 at unix:///var/run/docker.sock"),
+            Check::fail("mmdebstrap", "not found on PATH", "apt-get install mmdebstrap"),
             Check::warn("b3sum", "not found on PATH", "apt-get install b3sum"),
         ],
     }

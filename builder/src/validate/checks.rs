@@ -23,7 +23,9 @@ pub fn domain_pattern(s: &str) -> Result<(), String> {
     }
     let host = s.strip_prefix("*.").unwrap_or(s);
     if host.contains('*') {
-        return Err(format!("`{s}` has a wildcard that is not the whole first label (only `*.example.com` is supported)"));
+        return Err(format!(
+            "`{s}` has a wildcard that is not the whole first label (only `*.example.com` is supported)"
+        ));
     }
     if host.len() > 253 {
         return Err(format!("`{s}` is longer than 253 characters"));
@@ -50,10 +52,36 @@ pub fn domain_pattern(s: &str) -> Result<(), String> {
 
 /// Public suffixes a wildcard must not cover whole (a short list of the common ones).
 const MULTI_LABEL_SUFFIXES: &[&str] = &[
-    "co.uk", "org.uk", "ac.uk", "gov.uk", "com.au", "net.au", "org.au", "co.jp", "ne.jp", "or.jp", "co.nz",
-    "com.br", "com.cn", "co.in", "co.kr", "com.mx", "co.za", "github.io", "herokuapp.com", "appspot.com",
-    "cloudfront.net", "amazonaws.com", "azurewebsites.net", "vercel.app", "netlify.app", "pages.dev",
-    "workers.dev", "web.app", "firebaseapp.com", "blogspot.com",
+    "co.uk",
+    "org.uk",
+    "ac.uk",
+    "gov.uk",
+    "com.au",
+    "net.au",
+    "org.au",
+    "co.jp",
+    "ne.jp",
+    "or.jp",
+    "co.nz",
+    "com.br",
+    "com.cn",
+    "co.in",
+    "co.kr",
+    "com.mx",
+    "co.za",
+    "github.io",
+    "herokuapp.com",
+    "appspot.com",
+    "cloudfront.net",
+    "amazonaws.com",
+    "azurewebsites.net",
+    "vercel.app",
+    "netlify.app",
+    "pages.dev",
+    "workers.dev",
+    "web.app",
+    "firebaseapp.com",
+    "blogspot.com",
 ];
 
 /// True when a wildcard pattern covers a whole public suffix (`*.com`, `*.co.uk`, `*.github.io`).
@@ -100,7 +128,8 @@ pub fn url(s: &str) -> Result<(), String> {
 /// Valid environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
 pub fn env_var_name(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Hostname: one RFC 1123 label.
@@ -145,9 +174,10 @@ pub fn apt_spec(s: &str) -> Result<Spec, String> {
         return Err(format!("`{s}` is not a Debian package name (lowercase letters, digits, '+', '-', '.')"));
     }
     if let Some(arch) = name_arch.split_once(':').map(|(_, a)| a)
-        && !all_in(arch, "-") {
-            return Err(format!("`{s}` has an invalid architecture qualifier"));
-        }
+        && !all_in(arch, "-")
+    {
+        return Err(format!("`{s}` has an invalid architecture qualifier"));
+    }
     if let Some(v) = version {
         if let Some(rest) = v.strip_prefix('=') {
             return Err(format!("`{s}` uses `==`; apt pins use a single `=`: `{name_arch}={rest}`"));
@@ -198,16 +228,16 @@ pub fn npm_spec(s: &str) -> Result<Spec, String> {
         Some((n, v)) => (n, Some(v)),
         None => (rest, None),
     };
-    let ok_part = |p: &str| {
-        all_in(p, "._~-") && !p.chars().any(|c| c.is_ascii_uppercase()) && !p.starts_with(['.', '-', '_'])
-    };
+    let ok_part =
+        |p: &str| all_in(p, "._~-") && !p.chars().any(|c| c.is_ascii_uppercase()) && !p.starts_with(['.', '-', '_']);
     if !ok_part(name) || scope.is_some_and(|sc| !ok_part(sc)) {
         return Err(format!("`{s}` is not an npm package name (lowercase letters, digits, '.', '_', '~', '-')"));
     }
     if let Some(v) = version
-        && !all_in(v, ".+^~<>=|-") {
-            return Err(format!("`{s}` has an invalid version or tag"));
-        }
+        && !all_in(v, ".+^~<>=|-")
+    {
+        return Err(format!("`{s}` has an invalid version or tag"));
+    }
     let exact = version.is_some_and(|v| {
         let core = v.split(['-', '+']).next().unwrap_or("");
         let parts: Vec<&str> = core.split('.').collect();
@@ -267,7 +297,8 @@ pub fn is_placeholder(s: &str) -> bool {
 /// `X.Y` kernel branch.
 pub fn kernel_branch(s: &str) -> bool {
     let mut parts = s.split('.');
-    let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()));
+    let ok =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()));
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
 
@@ -339,7 +370,10 @@ mod tests {
         assert!(python_spec("requests[socks]==2.32.3").unwrap().pinned);
         assert!(python_spec("x; python_version<'3'").is_err());
         assert!(python_spec("'x'").is_err());
-        assert_eq!(npm_spec("@google/gemini-cli@0.1.5").unwrap(), Spec { name: "@google/gemini-cli".into(), pinned: true });
+        assert_eq!(
+            npm_spec("@google/gemini-cli@0.1.5").unwrap(),
+            Spec { name: "@google/gemini-cli".into(), pinned: true }
+        );
         assert!(!npm_spec("@google/gemini-cli@latest").unwrap().pinned);
         assert!(!npm_spec("left-pad").unwrap().pinned);
         assert!(npm_spec("@scope").is_err());

@@ -86,8 +86,12 @@ pub fn load(dir: &Path) -> Loaded {
             Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).collect(),
             Err(e) => {
                 sink.push(
-                    Diagnostic::at_path(Code::UnreadableFile, format!("config/{coll}"), format!("cannot list `config/{coll}/`: {e}"))
-                        .help("make the directory readable by the user running capsem-builder"),
+                    Diagnostic::at_path(
+                        Code::UnreadableFile,
+                        format!("config/{coll}"),
+                        format!("cannot list `config/{coll}/`: {e}"),
+                    )
+                    .help("make the directory readable by the user running capsem-builder"),
                 );
                 continue;
             }
@@ -107,8 +111,12 @@ pub fn load(dir: &Path) -> Loaded {
                     _ => "an MCP server table such as `[my_server]`",
                 };
                 sink.push(
-                    Diagnostic::at_path(Code::UnexpectedTopLevel, rel_path.clone(), format!("`{rel_path}` defines no table"))
-                        .help(format!("add {what}, or delete the file")),
+                    Diagnostic::at_path(
+                        Code::UnexpectedTopLevel,
+                        rel_path.clone(),
+                        format!("`{rel_path}` defines no table"),
+                    )
+                    .help(format!("add {what}, or delete the file")),
                 );
             }
             for (key, r) in tables {
@@ -129,7 +137,13 @@ pub fn load(dir: &Path) -> Loaded {
 }
 
 /// Reads a file into the source map; problems become E001/E013 diagnostics.
-fn read_into(sources: &mut SourceMap, dir: &Path, rel_path: &str, required: bool, sink: &Sink) -> Option<crate::source::FileId> {
+fn read_into(
+    sources: &mut SourceMap,
+    dir: &Path,
+    rel_path: &str,
+    required: bool,
+    sink: &Sink,
+) -> Option<crate::source::FileId> {
     match read_text(&dir.join(rel_path)) {
         Ok(text) => Some(sources.add(SourceFile::new(rel_path, text))),
         Err(ReadError::Missing) => {
@@ -156,10 +170,15 @@ fn read_into(sources: &mut SourceMap, dir: &Path, rel_path: &str, required: bool
         Err(e) => {
             let help = match e {
                 ReadError::NotAFile => format!("remove the directory `{rel_path}` and create a TOML file there"),
-                ReadError::TooLarge { .. } => "config files are at most 1 MiB; split it or remove generated content".into(),
+                ReadError::TooLarge { .. } => {
+                    "config files are at most 1 MiB; split it or remove generated content".into()
+                }
                 _ => "make the file readable by the user running capsem-builder".into(),
             };
-            sink.push(Diagnostic::at_path(Code::UnreadableFile, rel_path, format!("cannot read `{rel_path}`: {e}")).help(help));
+            sink.push(
+                Diagnostic::at_path(Code::UnreadableFile, rel_path, format!("cannot read `{rel_path}`: {e}"))
+                    .help(help),
+            );
             None
         }
     }
@@ -173,8 +192,10 @@ fn top_table<'a, 'i>(root: &Reader<'a, 'i>, name: &'static str, rel_path: &str, 
     let strays: Vec<Sp<String>> = root.keys().into_iter().filter(|k| k.value != name).collect();
     if !root.has(name) {
         let d = match strays.first() {
-            None => Diagnostic::at_path(Code::UnexpectedTopLevel, rel_path, format!("`{rel_path}` has no [{name}] table"))
-                .help(format!("start the file with a `[{name}]` header, or delete the file to use the defaults")),
+            None => {
+                Diagnostic::at_path(Code::UnexpectedTopLevel, rel_path, format!("`{rel_path}` has no [{name}] table"))
+                    .help(format!("start the file with a `[{name}]` header, or delete the file to use the defaults"))
+            }
             Some(k) => match strays.iter().find(|k| crate::diag::suggest(&k.value, [name]).is_some()) {
                 Some(typo) => Diagnostic::at(
                     Code::UnexpectedTopLevel,

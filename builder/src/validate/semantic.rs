@@ -48,7 +48,12 @@ impl Cx<'_> {
 
     fn range(&self, v: &Sp<i64>, what: &str, lo: i64, hi: i64) -> Option<i64> {
         if v.value < lo || v.value > hi {
-            self.err(Code::OutOfRange, &v.loc, format!("{what} = {} is out of range", v.value), format!("use a value from {lo} to {hi}"));
+            self.err(
+                Code::OutOfRange,
+                &v.loc,
+                format!("{what} = {} is out of range", v.value),
+                format!("use a value from {lo} to {hi}"),
+            );
             None
         } else {
             Some(v.value)
@@ -69,7 +74,12 @@ impl Cx<'_> {
     fn nonempty_list<'v>(&self, v: &'v Option<Sp<Vec<Sp<String>>>>, what: &str, example: &str) -> &'v [Sp<String>] {
         match v {
             Some(l) if l.value.is_empty() => {
-                self.err(Code::EmptyValue, &l.loc, format!("{what} is empty"), format!("list at least one, e.g. {example}"));
+                self.err(
+                    Code::EmptyValue,
+                    &l.loc,
+                    format!("{what} is empty"),
+                    format!("list at least one, e.g. {example}"),
+                );
                 &[]
             }
             Some(l) => &l.value,
@@ -80,12 +90,19 @@ impl Cx<'_> {
     fn ident(&self, key: &Sp<String>, what: &str) -> Option<Ident> {
         let id = Ident::parse(&key.value);
         if id.is_none() {
-            let fixed: String = key.value.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+            let fixed: String = key
+                .value
+                .to_ascii_lowercase()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                .collect();
             self.err(
                 Code::BadIdentifier,
                 &key.loc,
                 format!("`{}` is not a valid {what} key", key.value),
-                format!("keys use lowercase letters, digits, '_' and '-', starting with a letter or digit (e.g. `{fixed}`)"),
+                format!(
+                    "keys use lowercase letters, digits, '_' and '-', starting with a letter or digit (e.g. `{fixed}`)"
+                ),
             );
         }
         id
@@ -98,13 +115,22 @@ impl Cx<'_> {
                 Ok(()) => {
                     if broad_check && checks::is_broad_wildcard(&d.value) {
                         self.sink.push(
-                            Diagnostic::at(Code::BroadWildcard, d.loc.clone(), format!("`{}` matches every site under a public suffix", d.value))
-                                .help("name the organisation's domain, e.g. `*.example.com`"),
+                            Diagnostic::at(
+                                Code::BroadWildcard,
+                                d.loc.clone(),
+                                format!("`{}` matches every site under a public suffix", d.value),
+                            )
+                            .help("name the organisation's domain, e.g. `*.example.com`"),
                         );
                     }
                     out.push(DomainPattern(d.value.clone()));
                 }
-                Err(why) => self.err(Code::BadDomain, &d.loc, format!("{why} (in {field})"), "write a host name like `api.example.com` or `*.example.com`"),
+                Err(why) => self.err(
+                    Code::BadDomain,
+                    &d.loc,
+                    format!("{why} (in {field})"),
+                    "write a host name like `api.example.com` or `*.example.com`",
+                ),
             }
         }
         out
@@ -116,9 +142,15 @@ impl Cx<'_> {
             let help = if v.value.starts_with('~') {
                 "`~` is not expanded; write the full path, e.g. `/root/...`".to_string()
             } else {
-                "write an absolute path without `.`, `..`, `//` or a trailing `/`, e.g. `/root/.config/tool.json`".to_string()
+                "write an absolute path without `.`, `..`, `//` or a trailing `/`, e.g. `/root/.config/tool.json`"
+                    .to_string()
             };
-            self.err(Code::RelativeGuestPath, &v.loc, format!("{what} `{}` is not an absolute, normalized path", v.value), help);
+            self.err(
+                Code::RelativeGuestPath,
+                &v.loc,
+                format!("{what} `{}` is not an absolute, normalized path", v.value),
+                help,
+            );
         }
         p
     }
@@ -138,21 +170,39 @@ impl Cx<'_> {
         self.secrets(content, &format!("{what} content"));
         if checks::is_placeholder(&content.value) {
             self.sink.push(
-                Diagnostic::at(Code::PlaceholderContent, content.loc.clone(), format!("{what} content is a placeholder (`{}`)", content.value.trim()))
-                    .help("write the real content, or leave it empty"),
+                Diagnostic::at(
+                    Code::PlaceholderContent,
+                    content.loc.clone(),
+                    format!("{what} content is a placeholder (`{}`)", content.value.trim()),
+                )
+                .help("write the real content, or leave it empty"),
             );
         }
         if let Some(p) = &path {
             let trimmed = content.value.trim();
-            if p.as_str().ends_with(".json") && !trimmed.is_empty()
-                && let Err(e) = serde_json::from_str::<serde_json::Value>(&content.value) {
-                    self.err(Code::InvalidJsonContent, &content.loc, format!("{what} content is not valid JSON: {e}"), "fix the JSON, or change the file's extension");
-                }
-            if p.as_str().ends_with(".toml") && !trimmed.is_empty()
-                && let Err(e) = content.value.parse::<toml::Table>() {
-                    let msg = e.message().trim().replace('\n', "; ");
-                    self.err(Code::InvalidTomlContent, &content.loc, format!("{what} content is not valid TOML: {msg}"), "fix the TOML, or change the file's extension");
-                }
+            if p.as_str().ends_with(".json")
+                && !trimmed.is_empty()
+                && let Err(e) = serde_json::from_str::<serde_json::Value>(&content.value)
+            {
+                self.err(
+                    Code::InvalidJsonContent,
+                    &content.loc,
+                    format!("{what} content is not valid JSON: {e}"),
+                    "fix the JSON, or change the file's extension",
+                );
+            }
+            if p.as_str().ends_with(".toml")
+                && !trimmed.is_empty()
+                && let Err(e) = content.value.parse::<toml::Table>()
+            {
+                let msg = e.message().trim().replace('\n', "; ");
+                self.err(
+                    Code::InvalidTomlContent,
+                    &content.loc,
+                    format!("{what} content is not valid TOML: {msg}"),
+                    "fix the TOML, or change the file's extension",
+                );
+            }
         }
         Some(GuestFile { path: path?, content: content.value.clone() })
     }
@@ -180,11 +230,14 @@ impl Cx<'_> {
         dev_check: bool,
         table: &str,
     ) -> Option<(Install, Vec<String>)> {
-        let manager = manager.as_ref().and_then(|m| self.choice(m, "package manager", Manager::NAMES, Manager::parse))?;
+        let manager =
+            manager.as_ref().and_then(|m| self.choice(m, "package manager", Manager::NAMES, Manager::parse))?;
         let list = self.nonempty_list(packages, &format!("`packages` in {table}"), "`packages = [\"name\"]`");
         let mut names = Vec::new();
-        let sums: BTreeMap<String, String> =
-            checksums.as_ref().map(|c| c.value.iter().map(|(k, (_, v))| (k.clone(), v.value.clone())).collect()).unwrap_or_default();
+        let sums: BTreeMap<String, String> = checksums
+            .as_ref()
+            .map(|c| c.value.iter().map(|(k, (_, v))| (k.clone(), v.value.clone())).collect())
+            .unwrap_or_default();
         for p in list {
             let spec = match manager {
                 Manager::Apt => checks::apt_spec(&p.value),
@@ -193,7 +246,12 @@ impl Cx<'_> {
                 Manager::Curl => checks::url(&p.value)
                     .map(|()| checks::Spec { name: p.value.clone(), pinned: sums.contains_key(&p.value) })
                     .map_err(|e| {
-                        self.err(Code::BadUrl, &p.loc, format!("installer {e}"), "curl installers are http(s) URLs of a shell script");
+                        self.err(
+                            Code::BadUrl,
+                            &p.loc,
+                            format!("installer {e}"),
+                            "curl installers are http(s) URLs of a shell script",
+                        );
                         String::new()
                     }),
             };
@@ -207,8 +265,12 @@ impl Cx<'_> {
                             Manager::Curl => "a sha256 in `checksums = { \"<url>\" = \"<sha256>\" }`",
                         };
                         self.sink.push(
-                            Diagnostic::at(Code::UnpinnedPackage, p.loc.clone(), format!("`{}` is not pinned to an exact version", p.value))
-                                .help(format!("pin it as {how} so two builds install the same bytes")),
+                            Diagnostic::at(
+                                Code::UnpinnedPackage,
+                                p.loc.clone(),
+                                format!("`{}` is not pinned to an exact version", p.value),
+                            )
+                            .help(format!("pin it as {how} so two builds install the same bytes")),
                         );
                     }
                     if dev_check && (spec.name.ends_with("-dev") || spec.name.ends_with("-devel")) {
@@ -226,27 +288,52 @@ impl Cx<'_> {
                         Manager::Npm => "`left-pad` or `@scope/tool@1.2.3`",
                         Manager::Curl => "`https://example.com/install.sh`",
                     };
-                    self.err(Code::BadPackageSpec, &p.loc, why, format!("write a plain {} package spec, e.g. {example}", manager.as_str()));
+                    self.err(
+                        Code::BadPackageSpec,
+                        &p.loc,
+                        why,
+                        format!("write a plain {} package spec, e.g. {example}", manager.as_str()),
+                    );
                 }
                 Err(_) => {}
             }
         }
         if let Some(c) = checksums {
             if manager != Manager::Curl && !c.value.is_empty() {
-                self.err(Code::ConflictingFields, &c.loc, "`checksums` applies only to manager = \"curl\"", "remove `checksums`, or use the curl manager");
+                self.err(
+                    Code::ConflictingFields,
+                    &c.loc,
+                    "`checksums` applies only to manager = \"curl\"",
+                    "remove `checksums`, or use the curl manager",
+                );
             }
             for (url, (kloc, sum)) in &c.value {
                 if manager == Manager::Curl && !list.iter().any(|p| &p.value == url) {
-                    self.err(Code::BadValue, kloc, format!("checksum for `{url}`, which is not in `packages`"), "the key must be one of the installer URLs");
+                    self.err(
+                        Code::BadValue,
+                        kloc,
+                        format!("checksum for `{url}`, which is not in `packages`"),
+                        "the key must be one of the installer URLs",
+                    );
                 }
                 if !checks::sha256_hex(&sum.value) {
-                    self.err(Code::BadValue, &sum.loc, format!("`{}` is not a sha256 (64 lowercase hex digits)", sum.value), "compute it with `sha256sum installer.sh`");
+                    self.err(
+                        Code::BadValue,
+                        &sum.loc,
+                        format!("`{}` is not a sha256 (64 lowercase hex digits)", sum.value),
+                        "compute it with `sha256sum installer.sh`",
+                    );
                 }
             }
         }
         let prefix_v = match prefix {
             Some(p) if manager != Manager::Npm => {
-                self.err(Code::ConflictingFields, &p.loc, "`prefix` applies only to manager = \"npm\"", "remove `prefix`");
+                self.err(
+                    Code::ConflictingFields,
+                    &p.loc,
+                    "`prefix` applies only to manager = \"npm\"",
+                    "remove `prefix`",
+                );
                 None
             }
             Some(p) => self.guest_path(p, "npm prefix").map(|g| g.0),
@@ -256,12 +343,21 @@ impl Cx<'_> {
         let install_cmd = match install_cmd {
             Some(c) => {
                 if c.value.trim().is_empty() {
-                    self.err(Code::EmptyValue, &c.loc, "`install_cmd` is empty", format!("remove it to use the default `{}`", manager.default_install_cmd()));
+                    self.err(
+                        Code::EmptyValue,
+                        &c.loc,
+                        "`install_cmd` is empty",
+                        format!("remove it to use the default `{}`", manager.default_install_cmd()),
+                    );
                 }
                 if let Some(ch) = checks::shell_metachar(&c.value) {
                     self.sink.push(
-                        Diagnostic::at(Code::ShellMetachar, c.loc.clone(), format!("`install_cmd` contains the shell metacharacter `{}`", ch.escape_default()))
-                            .help("an install command should only install; run other steps from a package or artifact"),
+                        Diagnostic::at(
+                            Code::ShellMetachar,
+                            c.loc.clone(),
+                            format!("`install_cmd` contains the shell metacharacter `{}`", ch.escape_default()),
+                        )
+                        .help("an install command should only install; run other steps from a package or artifact"),
                     );
                 }
                 c.value.clone()
@@ -269,7 +365,16 @@ impl Cx<'_> {
             None => manager.default_install_cmd().to_string(),
         };
         let _ = header;
-        Some((Install { manager, install_cmd, prefix: prefix_v, packages: list.iter().map(|p| p.value.clone()).collect(), checksums: sums }, names))
+        Some((
+            Install {
+                manager,
+                install_cmd,
+                prefix: prefix_v,
+                packages: list.iter().map(|p| p.value.clone()).collect(),
+                checksums: sums,
+            },
+            names,
+        ))
     }
 }
 
@@ -291,29 +396,56 @@ pub(super) fn check(dir: &Path, raw: &RawConfig, sources: &SourceMap, sink: &Sin
 }
 
 fn build(cx: &Cx<'_>, b: &RawBuild) -> Option<Build> {
-    let compression = b.compression.as_ref().map_or(Some(Compression::Zstd), |c| cx.choice(c, "compression", Compression::NAMES, Compression::parse));
+    let compression = b
+        .compression
+        .as_ref()
+        .map_or(Some(Compression::Zstd), |c| cx.choice(c, "compression", Compression::NAMES, Compression::parse));
     let mut level = compression.and_then(Compression::default_level);
     if let (Some(comp), Some(l)) = (compression, &b.compression_level) {
         match comp.level_range() {
             Some((lo, hi)) => level = cx.range(l, "compression_level", lo, hi).map(|v| v as u32),
-            None => cx.err(Code::ConflictingFields, &l.loc, "lz4 takes no compression_level", "remove `compression_level`, or pick zstd/xz/gzip/lzo"),
+            None => cx.err(
+                Code::ConflictingFields,
+                &l.loc,
+                "lz4 takes no compression_level",
+                "remove `compression_level`, or pick zstd/xz/gzip/lzo",
+            ),
         }
     }
-    let sde = b.source_date_epoch.as_ref().and_then(|s| cx.range(s, "source_date_epoch", 0, 253_402_300_799)).map(|v| v as u64);
+    let sde = b
+        .source_date_epoch
+        .as_ref()
+        .and_then(|s| cx.range(s, "source_date_epoch", 0, 253_402_300_799))
+        .map(|v| v as u64);
     let extra_ca = b.extra_ca.as_ref().and_then(|ca| {
         if ca.value.starts_with('/') || ca.value.split('/').any(|c| c == "..") {
-            cx.err(Code::BadValue, &ca.loc, format!("extra_ca `{}` must be a path inside the image directory", ca.value), "put the certificate next to config/, e.g. `certs/corp-ca.crt`");
+            cx.err(
+                Code::BadValue,
+                &ca.loc,
+                format!("extra_ca `{}` must be a path inside the image directory", ca.value),
+                "put the certificate next to config/, e.g. `certs/corp-ca.crt`",
+            );
             return None;
         }
         let path = cx.dir.join(&ca.value);
         match std::fs::read_to_string(&path) {
             Ok(t) if t.contains("-----BEGIN CERTIFICATE-----") => Some(ca.value.clone()),
             Ok(_) => {
-                cx.err(Code::BadValue, &ca.loc, format!("extra_ca `{}` is not a PEM certificate", ca.value), "it must contain a `-----BEGIN CERTIFICATE-----` block");
+                cx.err(
+                    Code::BadValue,
+                    &ca.loc,
+                    format!("extra_ca `{}` is not a PEM certificate", ca.value),
+                    "it must contain a `-----BEGIN CERTIFICATE-----` block",
+                );
                 None
             }
             Err(e) => {
-                cx.err(Code::ArtifactMissing, &ca.loc, format!("extra_ca `{}` cannot be read: {e}", ca.value), "check the path (relative to the image directory)");
+                cx.err(
+                    Code::ArtifactMissing,
+                    &ca.loc,
+                    format!("extra_ca `{}` cannot be read: {e}", ca.value),
+                    "check the path (relative to the image directory)",
+                );
                 None
             }
         }
@@ -321,7 +453,12 @@ fn build(cx: &Cx<'_>, b: &RawBuild) -> Option<Build> {
     let mut architectures = BTreeMap::new();
     if let Some(archs) = &b.architectures {
         if archs.value.is_empty() {
-            cx.err(Code::EmptyValue, &archs.loc, "no architectures declared", "add a `[build.architectures.x86_64]` table");
+            cx.err(
+                Code::EmptyValue,
+                &archs.loc,
+                "no architectures declared",
+                "add a `[build.architectures.x86_64]` table",
+            );
         }
         for (name, a) in &archs.value {
             let Some(arch) = cx.choice(name, "architecture", Arch::NAMES, Arch::parse) else { continue };
@@ -340,7 +477,8 @@ fn build(cx: &Cx<'_>, b: &RawBuild) -> Option<Build> {
     })
 }
 
-const VARIANTS: &[&str] = &["extract", "custom", "essential", "apt", "minbase", "buildd", "required", "important", "standard"];
+const VARIANTS: &[&str] =
+    &["extract", "custom", "essential", "apt", "minbase", "buildd", "required", "important", "standard"];
 const KNOWN_TARGETS: &[(&str, Arch)] = &[
     ("x86_64-unknown-linux-gnu", Arch::X86_64),
     ("x86_64-unknown-linux-musl", Arch::X86_64),
@@ -351,7 +489,12 @@ const KNOWN_TARGETS: &[(&str, Arch)] = &[
 fn arch_config(cx: &Cx<'_>, arch: Arch, a: &RawArch) -> Option<ArchConfig> {
     let base = match (&a.base_image, &a.bootstrap) {
         (Some(img), Some(bs)) => {
-            cx.err(Code::ConflictingFields, &bs.header, "both `base_image` and `[bootstrap]` are set", format!("keep one: `base_image` at {}, or the bootstrap", cx.where_(&img.loc)));
+            cx.err(
+                Code::ConflictingFields,
+                &bs.header,
+                "both `base_image` and `[bootstrap]` are set",
+                format!("keep one: `base_image` at {}, or the bootstrap", cx.where_(&img.loc)),
+            );
             None
         }
         (None, None) => {
@@ -364,7 +507,8 @@ fn arch_config(cx: &Cx<'_>, arch: Arch, a: &RawArch) -> Option<ArchConfig> {
             None
         }
         (Some(img), None) => {
-            let pinned = img.value.split_once("@sha256:").is_some_and(|(name, d)| !name.is_empty() && checks::sha256_hex(d));
+            let pinned =
+                img.value.split_once("@sha256:").is_some_and(|(name, d)| !name.is_empty() && checks::sha256_hex(d));
             if pinned {
                 Some(BaseImage::Registry { reference: img.value.clone() })
             } else {
@@ -378,21 +522,34 @@ fn arch_config(cx: &Cx<'_>, arch: Arch, a: &RawArch) -> Option<ArchConfig> {
             }
         }
         (None, Some(bs)) => {
-            let variant = bs.variant.as_ref().map_or(Some("minbase".to_string()), |v| cx.choice(v, "mmdebstrap variant", VARIANTS, |s| VARIANTS.contains(&s).then(|| s.to_string())));
+            let variant = bs.variant.as_ref().map_or(Some("minbase".to_string()), |v| {
+                cx.choice(v, "mmdebstrap variant", VARIANTS, |s| VARIANTS.contains(&s).then(|| s.to_string()))
+            });
             if let Some(m) = &bs.mirror
-                && let Err(e) = checks::url(&m.value) {
-                    cx.err(Code::BadUrl, &m.loc, format!("mirror {e}"), "e.g. `http://deb.debian.org/debian`");
-                }
+                && let Err(e) = checks::url(&m.value)
+            {
+                cx.err(Code::BadUrl, &m.loc, format!("mirror {e}"), "e.g. `http://deb.debian.org/debian`");
+            }
             let suite = cx.nonempty_str(&bs.suite, "`suite`");
             if !suite.is_empty() && !suite.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-                cx.err(Code::BadValue, &bs.suite.as_ref()?.loc, format!("suite `{suite}` is not a Debian suite name"), "e.g. `bookworm`");
+                cx.err(
+                    Code::BadValue,
+                    &bs.suite.as_ref()?.loc,
+                    format!("suite `{suite}` is not a Debian suite name"),
+                    "e.g. `bookworm`",
+                );
             }
             let components = match &bs.components {
                 Some(c) => {
                     let l = cx.nonempty_list(&bs.components, "`components`", "`components = [\"main\"]`");
                     for comp in l {
                         if !comp.value.chars().all(|ch| ch.is_ascii_lowercase() || ch == '-') || comp.value.is_empty() {
-                            cx.err(Code::BadValue, &comp.loc, format!("`{}` is not an archive component", comp.value), "e.g. `main`, `contrib`");
+                            cx.err(
+                                Code::BadValue,
+                                &comp.loc,
+                                format!("`{}` is not an archive component", comp.value),
+                                "e.g. `main`, `contrib`",
+                            );
                         }
                     }
                     let _ = c;
@@ -400,13 +557,24 @@ fn arch_config(cx: &Cx<'_>, arch: Arch, a: &RawArch) -> Option<ArchConfig> {
                 }
                 None => vec!["main".to_string()],
             };
-            Some(BaseImage::Bootstrap { suite, mirror: bs.mirror.as_ref()?.value.clone(), variant: variant?, components })
+            Some(BaseImage::Bootstrap {
+                suite,
+                mirror: bs.mirror.as_ref()?.value.clone(),
+                variant: variant?,
+                components,
+            })
         }
     };
     if let Some(p) = &a.docker_platform
-        && p.value != arch.platform() {
-            cx.err(Code::BadValue, &p.loc, format!("docker_platform `{}` does not match architecture {arch}", p.value), format!("use `{}`", arch.platform()));
-        }
+        && p.value != arch.platform()
+    {
+        cx.err(
+            Code::BadValue,
+            &p.loc,
+            format!("docker_platform `{}` does not match architecture {arch}", p.value),
+            format!("use `{}`", arch.platform()),
+        );
+    }
     if let Some(t) = &a.rust_target {
         match KNOWN_TARGETS.iter().find(|(name, _)| *name == t.value) {
             Some((_, target_arch)) if *target_arch != arch => cx.err(
@@ -417,25 +585,45 @@ fn arch_config(cx: &Cx<'_>, arch: Arch, a: &RawArch) -> Option<ArchConfig> {
             ),
             Some(_) => {}
             None => cx.sink.push(
-                Diagnostic::at(Code::NonStaticTarget, t.loc.clone(), format!("rust_target `{}` is not a known Linux target for guest binaries", t.value))
-                    .help(format!("known: {}", KNOWN_TARGETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))),
+                Diagnostic::at(
+                    Code::NonStaticTarget,
+                    t.loc.clone(),
+                    format!("rust_target `{}` is not a known Linux target for guest binaries", t.value),
+                )
+                .help(format!("known: {}", KNOWN_TARGETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))),
             ),
         }
     }
     if let Some(k) = &a.kernel_branch {
         if matches!(k.value.as_str(), "auto" | "latest" | "stable" | "longterm") {
-            cx.err(Code::Unpinned, &k.loc, format!("kernel_branch `{}` floats with kernel.org releases", k.value), "pin a branch like `6.1`; the exact source is pinned in kernel/");
+            cx.err(
+                Code::Unpinned,
+                &k.loc,
+                format!("kernel_branch `{}` floats with kernel.org releases", k.value),
+                "pin a branch like `6.1`; the exact source is pinned in kernel/",
+            );
         } else if !checks::kernel_branch(&k.value) {
             cx.err(Code::BadValue, &k.loc, format!("kernel_branch `{}` is not `X.Y`", k.value), "e.g. `6.1`");
         }
     }
     if let Some(k) = &a.kernel_image
-        && (k.value.is_empty() || k.value.starts_with('/') || k.value.split('/').any(|c| c == "..")) {
-            cx.err(Code::BadValue, &k.loc, format!("kernel_image `{}` must be a path inside the kernel tree", k.value), "e.g. `arch/x86/boot/bzImage`");
-        }
+        && (k.value.is_empty() || k.value.starts_with('/') || k.value.split('/').any(|c| c == ".."))
+    {
+        cx.err(
+            Code::BadValue,
+            &k.loc,
+            format!("kernel_image `{}` must be a path inside the kernel tree", k.value),
+            "e.g. `arch/x86/boot/bzImage`",
+        );
+    }
     if let Some(d) = &a.defconfig {
         if d.value.starts_with('/') || d.value.split('/').any(|c| c == ".." || c.is_empty()) {
-            cx.err(Code::BadValue, &d.loc, format!("defconfig `{}` must be a relative path inside config/", d.value), format!("e.g. `kernel/defconfig.{arch}`"));
+            cx.err(
+                Code::BadValue,
+                &d.loc,
+                format!("defconfig `{}` must be a relative path inside config/", d.value),
+                format!("e.g. `kernel/defconfig.{arch}`"),
+            );
         } else if !cx.dir.join("config").join(&d.value).is_file() {
             cx.err(
                 Code::DefconfigMissing,
@@ -459,30 +647,52 @@ fn arch_config(cx: &Cx<'_>, arch: Arch, a: &RawArch) -> Option<ArchConfig> {
 
 fn image(cx: &Cx<'_>, i: Option<&RawImage>) -> ImageMeta {
     let Some(i) = i else {
-        let name = cx.dir.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "image".into());
+        let name = cx
+            .dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "image".into());
         return ImageMeta { name, version: "0.0.0".into(), description: String::new(), changelog: Vec::new() };
     };
     let name = cx.nonempty_str(&i.name, "`name`");
     if let Some(v) = &i.version
-        && !checks::semver(&v.value) {
-            cx.err(Code::BadValue, &v.loc, format!("version `{}` is not a semantic version", v.value), "write MAJOR.MINOR.PATCH, e.g. `0.1.0`");
-        }
+        && !checks::semver(&v.value)
+    {
+        cx.err(
+            Code::BadValue,
+            &v.loc,
+            format!("version `{}` is not a semantic version", v.value),
+            "write MAJOR.MINOR.PATCH, e.g. `0.1.0`",
+        );
+    }
     let changelog = i
         .changelog
         .iter()
         .map(|c| {
             if let Some(d) = &c.date
-                && !checks::iso_date(&d.value) {
-                    cx.err(Code::BadValue, &d.loc, format!("date `{}` is not YYYY-MM-DD", d.value), "e.g. `2026-11-22`");
-                }
+                && !checks::iso_date(&d.value)
+            {
+                cx.err(Code::BadValue, &d.loc, format!("date `{}` is not YYYY-MM-DD", d.value), "e.g. `2026-11-22`");
+            }
             if let Some(v) = &c.version
-                && !checks::semver(&v.value) {
-                    cx.err(Code::BadValue, &v.loc, format!("version `{}` is not a semantic version", v.value), "write MAJOR.MINOR.PATCH");
-                }
+                && !checks::semver(&v.value)
+            {
+                cx.err(
+                    Code::BadValue,
+                    &v.loc,
+                    format!("version `{}` is not a semantic version", v.value),
+                    "write MAJOR.MINOR.PATCH",
+                );
+            }
             ChangelogEntry {
                 version: c.version.as_ref().map(|v| v.value.clone()).unwrap_or_default(),
                 date: c.date.as_ref().map(|v| v.value.clone()).unwrap_or_default(),
-                changes: c.changes.as_ref().map(|l| l.value.iter().map(|s| s.value.clone()).collect()).unwrap_or_default(),
+                changes: c
+                    .changes
+                    .as_ref()
+                    .map(|l| l.value.iter().map(|s| s.value.clone()).collect())
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -560,11 +770,25 @@ fn providers(cx: &Cx<'_>, raw: &[RawProvider]) -> BTreeMap<Ident, Provider> {
         let install = p.install.as_ref().and_then(|i| {
             if !enabled {
                 cx.sink.push(
-                    Diagnostic::at(Code::DisabledWithInstall, i.header.clone(), format!("provider `{}` is disabled, so its install is skipped", p.key.value))
-                        .help(format!("set `enabled = true` to install it, or remove the [{}.install] table", p.key.value)),
+                    Diagnostic::at(
+                        Code::DisabledWithInstall,
+                        i.header.clone(),
+                        format!("provider `{}` is disabled, so its install is skipped", p.key.value),
+                    )
+                    .help(format!("set `enabled = true` to install it, or remove the [{}.install] table", p.key.value)),
                 );
             }
-            cx.install(&i.header, &i.manager, None, &i.prefix, &i.packages, &i.checksums, false, &format!("[{}.install]", p.key.value)).map(|(i, _)| i)
+            cx.install(
+                &i.header,
+                &i.manager,
+                None,
+                &i.prefix,
+                &i.packages,
+                &i.checksums,
+                false,
+                &format!("[{}.install]", p.key.value),
+            )
+            .map(|(i, _)| i)
         });
         let cli = p.cli.as_ref().map(|c| {
             if enabled && c.version_command.is_none() {
@@ -583,7 +807,8 @@ fn providers(cx: &Cx<'_>, raw: &[RawProvider]) -> BTreeMap<Ident, Provider> {
         let mut files = BTreeMap::new();
         for (k, f) in &p.files {
             let fid = cx.ident(k, "file");
-            if let (Some(fid), Some(gf)) = (fid, cx.guest_file(f, &format!("file `{}.files.{}`", p.key.value, k.value))) {
+            if let (Some(fid), Some(gf)) = (fid, cx.guest_file(f, &format!("file `{}.files.{}`", p.key.value, k.value)))
+            {
                 files.insert(fid, gf);
             }
         }
@@ -620,18 +845,40 @@ fn package_sets(cx: &Cx<'_>, raw: &[RawPackageSet]) -> BTreeMap<Ident, PackageSe
                     .help("list the registry domains it needs at run time (e.g. for `pip install` inside the VM), or they stay blocked"),
             );
         }
-        let Some((install, names)) = cx.install(&s.key.loc, &s.manager, s.install_cmd.as_ref(), &s.prefix, &s.packages, &s.checksums, true, &format!("[{}]", s.key.value)) else { continue };
+        let Some((install, names)) = cx.install(
+            &s.key.loc,
+            &s.manager,
+            s.install_cmd.as_ref(),
+            &s.prefix,
+            &s.packages,
+            &s.checksums,
+            true,
+            &format!("[{}]", s.key.value),
+        ) else {
+            continue;
+        };
         let mut version_commands = BTreeMap::new();
         if let Some(vc) = &s.version_commands {
             for (k, (kloc, cmd)) in &vc.value {
                 let norm = k.to_ascii_lowercase().replace('_', "-");
                 if !names.iter().any(|n| n == k || *n == norm) {
-                    cx.err(Code::BadValue, kloc, format!("version command for `{k}`, which is not in `packages`"), "keys of version_commands must be package names of this set");
+                    cx.err(
+                        Code::BadValue,
+                        kloc,
+                        format!("version command for `{k}`, which is not in `packages`"),
+                        "keys of version_commands must be package names of this set",
+                    );
                 }
                 version_commands.insert(k.clone(), cmd.value.clone());
             }
         }
-        let set = PackageSet { file: cx.file_of(&s.key.loc), name, install, version_commands, network: s.network.as_ref().map(|n| cx.network(n)) };
+        let set = PackageSet {
+            file: cx.file_of(&s.key.loc),
+            name,
+            install,
+            version_commands,
+            network: s.network.as_ref().map(|n| cx.network(n)),
+        };
         if let Some(id) = id {
             out.insert(id, set);
         }
@@ -657,7 +904,12 @@ fn mcp_servers(cx: &Cx<'_>, raw: &[RawMcp]) -> BTreeMap<Ident, McpServer> {
         }
         for (k, (kloc, _)) in m.env.iter().flat_map(|e| e.value.iter()) {
             if !checks::env_var_name(k) {
-                cx.err(Code::BadEnvVar, kloc, format!("`{k}` is not a valid environment variable name"), "use letters, digits and '_', not starting with a digit");
+                cx.err(
+                    Code::BadEnvVar,
+                    kloc,
+                    format!("`{k}` is not a valid environment variable name"),
+                    "use letters, digits and '_', not starting with a digit",
+                );
             }
         }
         for (_, (_, v)) in m.headers.iter().flat_map(|e| e.value.iter()) {
@@ -666,8 +918,17 @@ fn mcp_servers(cx: &Cx<'_>, raw: &[RawMcp]) -> BTreeMap<Ident, McpServer> {
         for a in m.args.iter().flat_map(|a| a.value.iter()) {
             cx.secrets(a, &format!("argument of MCP server `{}`", m.key.value));
         }
-        let transport = m.transport.as_ref().and_then(|t| cx.choice(t, "MCP transport", &["stdio", "sse"], |s| ["stdio", "sse"].contains(&s).then(|| s.to_string())));
-        let wrong = |field: &str, loc: &Loc, t: &str| cx.err(Code::ConflictingFields, loc, format!("`{field}` does not apply to transport = \"{t}\""), format!("remove `{field}`"));
+        let transport = m.transport.as_ref().and_then(|t| {
+            cx.choice(t, "MCP transport", &["stdio", "sse"], |s| ["stdio", "sse"].contains(&s).then(|| s.to_string()))
+        });
+        let wrong = |field: &str, loc: &Loc, t: &str| {
+            cx.err(
+                Code::ConflictingFields,
+                loc,
+                format!("`{field}` does not apply to transport = \"{t}\""),
+                format!("remove `{field}`"),
+            )
+        };
         let transport = match transport.as_deref() {
             Some("stdio") => {
                 if let Some(u) = &m.url {
@@ -678,7 +939,12 @@ fn mcp_servers(cx: &Cx<'_>, raw: &[RawMcp]) -> BTreeMap<Ident, McpServer> {
                 }
                 match &m.command {
                     None => {
-                        cx.err(Code::MissingField, &m.key.loc, format!("MCP server `{}` uses stdio but has no `command`", m.key.value), "add `command = \"/usr/local/bin/server\"`");
+                        cx.err(
+                            Code::MissingField,
+                            &m.key.loc,
+                            format!("MCP server `{}` uses stdio but has no `command`", m.key.value),
+                            "add `command = \"/usr/local/bin/server\"`",
+                        );
                         None
                     }
                     Some(c) if c.value.trim().is_empty() => {
@@ -687,7 +953,11 @@ fn mcp_servers(cx: &Cx<'_>, raw: &[RawMcp]) -> BTreeMap<Ident, McpServer> {
                     }
                     Some(c) => Some(McpTransport::Stdio {
                         command: c.value.clone(),
-                        args: m.args.as_ref().map(|a| a.value.iter().map(|s| s.value.clone()).collect()).unwrap_or_default(),
+                        args: m
+                            .args
+                            .as_ref()
+                            .map(|a| a.value.iter().map(|s| s.value.clone()).collect())
+                            .unwrap_or_default(),
                         env: str_map(&m.env),
                     }),
                 }
@@ -704,7 +974,12 @@ fn mcp_servers(cx: &Cx<'_>, raw: &[RawMcp]) -> BTreeMap<Ident, McpServer> {
                 }
                 match &m.url {
                     None => {
-                        cx.err(Code::MissingField, &m.key.loc, format!("MCP server `{}` uses sse but has no `url`", m.key.value), "add `url = \"https://host/sse\"`");
+                        cx.err(
+                            Code::MissingField,
+                            &m.key.loc,
+                            format!("MCP server `{}` uses sse but has no `url`", m.key.value),
+                            "add `url = \"https://host/sse\"`",
+                        );
                         None
                     }
                     Some(u) => {
@@ -745,8 +1020,12 @@ fn web(cx: &Cx<'_>, w: &RawWeb) -> WebPolicy {
         for a in &allow_raw {
             if checks::pattern_covers(&b.value, &a.value) {
                 cx.sink.push(
-                    Diagnostic::at(Code::AllowBlockOverlap, a.loc.clone(), format!("`{}` is allowed but also blocked by `{}` ({})", a.value, b.value, cx.where_(&b.loc)))
-                        .help("custom_block wins, so this allow has no effect; remove one of them"),
+                    Diagnostic::at(
+                        Code::AllowBlockOverlap,
+                        a.loc.clone(),
+                        format!("`{}` is allowed but also blocked by `{}` ({})", a.value, b.value, cx.where_(&b.loc)),
+                    )
+                    .help("custom_block wins, so this allow has no effect; remove one of them"),
                 );
             }
         }
@@ -756,8 +1035,12 @@ fn web(cx: &Cx<'_>, w: &RawWeb) -> WebPolicy {
     if allow_read && allow_write && block_raw.is_empty() {
         let loc = w.allow_write.as_ref().map_or(w.header.clone(), |b| b.loc.clone());
         cx.sink.push(
-            Diagnostic::at(Code::AllowAllNoBlock, loc, "allow_read and allow_write are both true and custom_block is empty")
-                .help("the guest can send data to any site; block known exfiltration targets or turn allow_write off"),
+            Diagnostic::at(
+                Code::AllowAllNoBlock,
+                loc,
+                "allow_read and allow_write are both true and custom_block is empty",
+            )
+            .help("the guest can send data to any site; block known exfiltration targets or turn allow_write off"),
         );
     }
     let mut ports = Vec::new();
@@ -765,7 +1048,12 @@ fn web(cx: &Cx<'_>, w: &RawWeb) -> WebPolicy {
         for port in &p.value {
             if let Some(v) = cx.range(port, "http_upstream_ports entry", 1, 65535) {
                 if v == 443 {
-                    cx.err(Code::BadValue, &port.loc, "443 is always intercepted as TLS; it cannot be a plain-HTTP port", "remove 443 from http_upstream_ports");
+                    cx.err(
+                        Code::BadValue,
+                        &port.loc,
+                        "443 is always intercepted as TLS; it cannot be a plain-HTTP port",
+                        "remove 443 from http_upstream_ports",
+                    );
                 } else if !ports.contains(&(v as u16)) {
                     ports.push(v as u16);
                 }
@@ -774,17 +1062,34 @@ fn web(cx: &Cx<'_>, w: &RawWeb) -> WebPolicy {
     } else {
         ports.push(80);
     }
-    let mut policy = WebPolicy { allow_read, allow_write, custom_allow, custom_block, http_upstream_ports: ports, ..WebPolicy::default() };
+    let mut policy = WebPolicy {
+        allow_read,
+        allow_write,
+        custom_allow,
+        custom_block,
+        http_upstream_ports: ports,
+        ..WebPolicy::default()
+    };
     for (group, key, s) in &w.services {
         let enabled = s.enabled.as_ref().is_none_or(|b| b.value);
         let domains = match &s.domains {
             Some(d) if d.value.is_empty() && enabled => {
-                cx.err(Code::EmptyValue, &d.loc, format!("enabled service `web.{group}.{}` has no domains", key.value), "list its domains, or set `enabled = false`");
+                cx.err(
+                    Code::EmptyValue,
+                    &d.loc,
+                    format!("enabled service `web.{group}.{}` has no domains", key.value),
+                    "list its domains, or set `enabled = false`",
+                );
                 Vec::new()
             }
             Some(d) => cx.domains(&d.value, true, &format!("`domains` of [web.{group}.{}]", key.value)),
             None if enabled => {
-                cx.err(Code::MissingField, &s.header, format!("missing required field `domains` in [web.{group}.{}]", key.value), "list its domains, or set `enabled = false`");
+                cx.err(
+                    Code::MissingField,
+                    &s.header,
+                    format!("missing required field `domains` in [web.{group}.{}]", key.value),
+                    "list its domains, or set `enabled = false`",
+                );
                 Vec::new()
             }
             None => Vec::new(),
@@ -816,16 +1121,23 @@ fn resources(cx: &Cx<'_>, r: Option<&RawResources>) -> Resources {
     Resources { values, log_bodies: r.and_then(|r| r.log_bodies.as_ref()).is_some_and(|b| b.value) }
 }
 
-const DEFAULT_PATH: &str = "/opt/ai-clis/bin:/root/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const DEFAULT_PATH: &str =
+    "/opt/ai-clis/bin:/root/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn environment(cx: &Cx<'_>, e: Option<&RawEnvironment>) -> Environment {
     let sh = e.and_then(|e| e.shell.as_ref());
-    let s = |v: Option<&Option<Sp<String>>>, d: &str| v.and_then(|v| v.as_ref()).map_or(d.to_string(), |v| v.value.clone());
+    let s =
+        |v: Option<&Option<Sp<String>>>, d: &str| v.and_then(|v| v.as_ref()).map_or(d.to_string(), |v| v.value.clone());
     let path = s(sh.map(|s| &s.path), DEFAULT_PATH);
     if let Some(p) = sh.and_then(|s| s.path.as_ref()) {
         for entry in p.value.split(':') {
             if !entry.starts_with('/') {
-                cx.err(Code::BadValue, &p.loc, format!("PATH entry `{entry}` is not absolute"), "PATH entries are absolute directories separated by ':'");
+                cx.err(
+                    Code::BadValue,
+                    &p.loc,
+                    format!("PATH entry `{entry}` is not absolute"),
+                    "PATH entries are absolute directories separated by ':'",
+                );
                 break;
             }
         }
@@ -836,10 +1148,16 @@ fn environment(cx: &Cx<'_>, e: Option<&RawEnvironment>) -> Environment {
             );
         }
     }
-    let home = sh.and_then(|s| s.home.as_ref()).and_then(|h| cx.guest_path(h, "home")).unwrap_or(GuestPath("/root".into()));
+    let home =
+        sh.and_then(|s| s.home.as_ref()).and_then(|h| cx.guest_path(h, "home")).unwrap_or(GuestPath("/root".into()));
     let hostname = e.and_then(|e| e.hostname.as_ref()).map_or("capsem".to_string(), |h| {
         if !checks::hostname(&h.value) {
-            cx.err(Code::BadValue, &h.loc, format!("hostname `{}` is not a valid host name label", h.value), "use lowercase letters, digits and '-', at most 63 characters");
+            cx.err(
+                Code::BadValue,
+                &h.loc,
+                format!("hostname `{}` is not a valid host name label", h.value),
+                "use lowercase letters, digits and '-', at most 63 characters",
+            );
         }
         h.value.clone()
     });
@@ -851,9 +1169,19 @@ fn environment(cx: &Cx<'_>, e: Option<&RawEnvironment>) -> Environment {
     if let Some(v) = e.and_then(|e| e.vars.as_ref()) {
         for (k, (kloc, val)) in &v.value {
             if !checks::env_var_name(k) {
-                cx.err(Code::BadEnvVar, kloc, format!("`{k}` is not a valid environment variable name"), "use letters, digits and '_', not starting with a digit");
+                cx.err(
+                    Code::BadEnvVar,
+                    kloc,
+                    format!("`{k}` is not a valid environment variable name"),
+                    "use letters, digits and '_', not starting with a digit",
+                );
             } else if matches!(k.as_str(), "PATH" | "HOME" | "TERM" | "LANG") {
-                cx.err(Code::ConflictingFields, kloc, format!("`{k}` is set by [environment.shell]"), format!("set it as `{}` in [environment.shell]", k.to_ascii_lowercase()));
+                cx.err(
+                    Code::ConflictingFields,
+                    kloc,
+                    format!("`{k}` is set by [environment.shell]"),
+                    format!("set it as `{}` in [environment.shell]", k.to_ascii_lowercase()),
+                );
             }
             cx.secrets(val, &format!("environment variable `{k}`"));
             vars.insert(k.clone(), val.value.clone());
@@ -879,13 +1207,21 @@ fn artifacts(cx: &Cx<'_>) -> Artifacts {
         let p = cx.dir.join("artifacts").join(required);
         if !p.is_file() {
             cx.sink.push(
-                Diagnostic::at_path(Code::ArtifactMissing, format!("artifacts/{required}"), format!("required artifact `artifacts/{required}` is missing"))
-                    .help("`capsem-builder init` writes working defaults; copy them from there"),
+                Diagnostic::at_path(
+                    Code::ArtifactMissing,
+                    format!("artifacts/{required}"),
+                    format!("required artifact `artifacts/{required}` is missing"),
+                )
+                .help("`capsem-builder init` writes working defaults; copy them from there"),
             );
         }
     }
     let a = cx.dir.join("artifacts");
-    Artifacts { banner: a.join("banner.txt").is_file(), tips: a.join("tips.txt").is_file(), diagnostics: a.join("diagnostics").is_dir() }
+    Artifacts {
+        banner: a.join("banner.txt").is_file(),
+        tips: a.join("tips.txt").is_file(),
+        diagnostics: a.join("diagnostics").is_dir(),
+    }
 }
 
 /// W001: npm packages are installed but web.toml names no npm registry.
@@ -942,7 +1278,12 @@ fn npm_conflicts(cx: &Cx<'_>, raw: &RawConfig) {
                 Some(first) if first.value != p.value => cx.err(
                     Code::BadValue,
                     &p.loc,
-                    format!("`{}` conflicts with `{}` ({}) in npm prefix {prefix}", p.value, first.value, cx.where_(&first.loc)),
+                    format!(
+                        "`{}` conflicts with `{}` ({}) in npm prefix {prefix}",
+                        p.value,
+                        first.value,
+                        cx.where_(&first.loc)
+                    ),
                     "one prefix is installed by one `npm install -g` call; ask for one version of each package",
                 ),
                 Some(_) => {}
