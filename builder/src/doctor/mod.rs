@@ -9,6 +9,7 @@
 //! Docker. The engine probe runs on its own thread with its own current-thread Tokio runtime and a hard
 //! deadline, so a hung engine (or a hung DNS lookup for `tcp://`) cannot hang `doctor`.
 
+use crate::engine::error_chain;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io::{self, Read};
@@ -382,21 +383,6 @@ fn preconnect(target: &Target, timeout: Duration) -> Result<(), EngineError> {
             })
         }
     }
-}
-
-/// `error: source: source…`, since bollard's transparent errors hide the useful part in the chain.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = inner.source();
-    }
-    message
 }
 
 fn engine_facts(

@@ -105,7 +105,7 @@ pub(crate) const NO_ENGINE_FIX: &str = "start Docker (`sudo systemctl start dock
      DOCKER_HOST=unix://$XDG_RUNTIME_DIR/podman/podman.sock)";
 
 /// `error: source: source…`: bollard's transparent errors hide the useful part in the chain.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {
