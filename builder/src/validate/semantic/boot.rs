@@ -167,14 +167,7 @@ pub(super) fn environment(cx: &Cx<'_>, e: Option<&RawEnvironment>) -> Environmen
     let mut vars = BTreeMap::new();
     if let Some(v) = e.and_then(|e| e.vars.as_ref()) {
         for (k, (kloc, val)) in &v.value {
-            if !checks::env_var_name(k) {
-                cx.err(
-                    Code::BadEnvVar,
-                    kloc,
-                    format!("`{k}` is not a valid environment variable name"),
-                    "use letters, digits and '_', not starting with a digit",
-                );
-            } else if matches!(k.as_str(), "PATH" | "HOME" | "TERM" | "LANG") {
+            if cx.env_var(k, kloc) && matches!(k.as_str(), "PATH" | "HOME" | "TERM" | "LANG") {
                 cx.err(
                     Code::ConflictingFields,
                     kloc,

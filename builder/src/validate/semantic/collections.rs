@@ -40,9 +40,10 @@ pub(super) fn providers(cx: &Cx<'_>, raw: &[RawProvider]) -> BTreeMap<Ident, Pro
         let api_key = p.api_key.as_ref().map(|a| {
             let vars = cx.nonempty_list(&a.env_vars, "`env_vars`", "`env_vars = [\"MY_API_KEY\"]`");
             for v in vars {
-                if !checks::env_var_name(&v.value) {
-                    cx.err(Code::BadEnvVar, &v.loc, format!("`{}` is not a valid environment variable name", v.value), "use letters, digits and '_', not starting with a digit");
-                } else if let Some((other, first)) = env_seen.get(&v.value) {
+                if !cx.env_var(&v.value, &v.loc) {
+                    continue;
+                }
+                if let Some((other, first)) = env_seen.get(&v.value) {
                     cx.sink.push(
                         Diagnostic::at(
                             Code::DuplicateEnvVar,
@@ -205,19 +206,9 @@ pub(super) fn mcp_servers(cx: &Cx<'_>, raw: &[RawMcp]) -> BTreeMap<Ident, McpSer
         if !first_definition(cx, &mut seen, &m.key, "MCP server") {
             continue;
         }
-        for (_, (kloc, v)) in m.env.iter().flat_map(|e| e.value.iter()) {
+        for (k, (kloc, v)) in m.env.iter().flat_map(|e| e.value.iter()) {
+            cx.env_var(k, kloc);
             cx.secrets(v, &format!("env of MCP server `{}`", m.key.value));
-            let _ = kloc;
-        }
-        for (k, (kloc, _)) in m.env.iter().flat_map(|e| e.value.iter()) {
-            if !checks::env_var_name(k) {
-                cx.err(
-                    Code::BadEnvVar,
-                    kloc,
-                    format!("`{k}` is not a valid environment variable name"),
-                    "use letters, digits and '_', not starting with a digit",
-                );
-            }
         }
         for (_, (_, v)) in m.headers.iter().flat_map(|e| e.value.iter()) {
             cx.secrets(v, &format!("header of MCP server `{}`", m.key.value));

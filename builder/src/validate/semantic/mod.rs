@@ -163,6 +163,20 @@ impl Cx<'_> {
         p
     }
 
+    /// E019 unless `name` is a valid environment variable name; returns whether it is.
+    fn env_var(&self, name: &str, loc: &Loc) -> bool {
+        let ok = checks::env_var_name(name);
+        if !ok {
+            self.err(
+                Code::BadEnvVar,
+                loc,
+                format!("`{name}` is not a valid environment variable name"),
+                "use letters, digits and '_', not starting with a digit",
+            );
+        }
+        ok
+    }
+
     fn secrets(&self, v: &Sp<String>, what: &str) {
         if let Some(kind) = checks::find_secret(&v.value) {
             self.sink.push(
