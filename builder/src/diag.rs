@@ -82,6 +82,8 @@ codes! {
     AllowBlockOverlap = "W014", Warning, "a pattern is both allowed and blocked";
     UnpinnedPackage = "W015", Warning, "package version not pinned";
     DisabledWithInstall = "W016", Warning, "disabled provider still lists an install";
+    BadAdvisoryId = "E022", Error, "invalid advisory id";
+    DuplicateAdvisoryId = "W017", Warning, "the same advisory id is allowed twice";
 }
 
 impl std::fmt::Display for Code {

@@ -4,7 +4,7 @@
 //! settings, inspect) reads it and can trust it: domains are well-formed, paths absolute,
 //! ranges respected, every package set present whatever its key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::Serialize;
@@ -240,6 +240,63 @@ pub struct Build {
     pub keep_extra_ca: bool,
     /// Architectures, in name order.
     pub architectures: BTreeMap<Arch, ArchConfig>,
+}
+
+/// `[audit] fail_on`: the lowest severity that fails an audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailOn {
+    /// Only CRITICAL findings fail.
+    Critical,
+    /// HIGH and CRITICAL fail (the default).
+    High,
+    /// MEDIUM and above fail.
+    Medium,
+    /// LOW and above fail (NEGLIGIBLE and UNKNOWN never do).
+    Low,
+    /// Nothing fails; findings are only recorded.
+    None,
+}
+
+impl FailOn {
+    /// Names as written in build.toml.
+    pub const NAMES: &'static [&'static str] = &["critical", "high", "medium", "low", "none"];
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "critical" => Self::Critical,
+            "high" => Self::High,
+            "medium" => Self::Medium,
+            "low" => Self::Low,
+            "none" => Self::None,
+            _ => return None,
+        })
+    }
+    /// The build.toml name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Critical => "critical",
+            Self::High => "high",
+            Self::Medium => "medium",
+            Self::Low => "low",
+            Self::None => "none",
+        }
+    }
+}
+
+/// `[audit]`: what `capsem-builder audit` does with a vulnerability scanner's findings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditPolicy {
+    /// Findings at or above this severity fail the audit unless allowed.
+    pub fail_on: FailOn,
+    /// Advisory ids accepted whatever their severity (`CVE-…`, `GHSA-…`, …), each well-formed.
+    pub allow: BTreeSet<String>,
+}
+
+impl Default for AuditPolicy {
+    fn default() -> Self {
+        AuditPolicy { fail_on: FailOn::High, allow: BTreeSet::new() }
+    }
 }
 
 /// One changelog entry.
@@ -574,6 +631,8 @@ pub struct Model {
     pub image: ImageMeta,
     /// Build settings.
     pub build: Build,
+    /// Audit policy (build.toml `[audit]`, defaults when absent).
+    pub audit: AuditPolicy,
     /// AI providers by key.
     pub ai: BTreeMap<Ident, Provider>,
     /// Package sets by key.

@@ -17,6 +17,8 @@ pub use crate::raw::StrMap;
 pub struct RawConfig {
     /// config/build.toml `[build]`.
     pub build: Option<RawBuild>,
+    /// config/build.toml `[audit]`.
+    pub audit: Option<RawAudit>,
     /// config/manifest.toml `[image]`.
     pub image: Option<RawImage>,
     /// config/ai/*.toml, in file then key order.
@@ -67,6 +69,14 @@ pub struct RawBootstrap {
     pub mirror: Option<Sp<String>>,
     pub variant: Option<Sp<String>>,
     pub components: Option<Sp<Vec<Sp<String>>>>,
+}
+
+/// `[audit]` in config/build.toml: the policy `capsem-builder audit` applies.
+#[derive(Debug)]
+pub struct RawAudit {
+    pub header: Loc,
+    pub fail_on: Option<Sp<String>>,
+    pub allow: Option<Sp<Vec<Sp<String>>>>,
 }
 
 /// `[image]`.
@@ -296,6 +306,12 @@ fn read_arch(r: &Reader<'_, '_>) -> RawArch {
         defconfig: r.req_str("defconfig"),
         node_major: r.int("node_major"),
     };
+    r.finish(&[]);
+    a
+}
+
+pub(crate) fn read_audit(r: &Reader<'_, '_>) -> RawAudit {
+    let a = RawAudit { header: r.header_loc(), fail_on: r.str("fail_on"), allow: r.str_list("allow") };
     r.finish(&[]);
     a
 }

@@ -1,4 +1,5 @@
-//! Build prerequisites: install missing Debian packages and start a container engine.
+//! Build prerequisites: install missing Debian packages, create the pinned SBOM validator venv
+//! (`target/tools/sbom-venv`, used by `builder/tests/sbom.rs`) and start a container engine.
 //!
 //! Every action is announced on stderr before it runs. Installing needs root (our machines
 //! and CI run as root); without it we print the exact `apt-get` line to run instead.
@@ -30,9 +31,100 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The SBOM validator venv (relative to the workspace root) that `builder/tests/sbom.rs` runs.
+const SBOM_VENV: &str = "target/tools/sbom-venv";
+
+/// CycloneDX's own Python library with its JSON-schema extra (the schemas ship inside the wheel,
+/// so validating needs no network), and every distribution it pulls in, pinned: the same
+/// validator on every machine. Wheels only; pip reaches PyPI once, when the venv is created.
+const SBOM_VALIDATOR: &[&str] = &[
+    "cyclonedx-python-lib[json-validation]==11.12.0",
+    "arrow==1.4.0",
+    "attrs==26.1.0",
+    "boolean.py==5.0",
+    "defusedxml==0.7.1",
+    "fqdn==1.6.0",
+    "idna==3.20",
+    "isoduration==20.11.0",
+    "jsonpointer==3.12",
+    "jsonschema==4.26.0",
+    "jsonschema-specifications==2025.9.1",
+    "lark==1.3.1",
+    "license-expression==30.4.4",
+    "packageurl-python==0.17.6",
+    "py-serializable==2.2.0",
+    "python-dateutil==4.0.0",
+    "referencing==0.37.0",
+    "rfc3339-validator==0.1.4",
+    "rfc3986-validator==0.1.1",
+    "rfc3987-syntax==1.1.0",
+    "rpds-py==2026.9.1",
+    "six==1.17.0",
+    "sortedcontainers==2.4.0",
+    "typing_extensions==4.16.0",
+    "tzdata==2026.6",
+    "uri-template==1.3.0",
+    "webcolors==25.10.0",
+];
+
+/// Whether Debian's python3 can create a venv with pip in it (`ensurepip` is in `python3-venv`).
+fn python_venv_works() -> bool {
+    std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import ensurepip, venv"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Creates `target/tools/sbom-venv` with the pinned validator, unless it already holds exactly
+/// those pins (recorded in `capsem-pins.txt` inside it once the install succeeded).
+fn ensure_sbom_validator(sh: &Shell) -> Result<()> {
+    let venv = sh.current_dir().join(SBOM_VENV);
+    let python = venv.join("bin/python");
+    let stamp = venv.join("capsem-pins.txt");
+    let pins = SBOM_VALIDATOR.join("\n") + "\n";
+    if python.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == pins) {
+        return Ok(());
+    }
+    eprintln!("creating the SBOM validator venv {SBOM_VENV} ({}; needs PyPI once)", SBOM_VALIDATOR[0]);
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv).with_context(|| format!("removing the outdated {}", venv.display()))?;
+    }
+    cmd!(sh, "/usr/bin/python3 -m venv {venv}").run().with_context(|| {
+        format!(
+            "creating {} failed: Debian's python3 needs `python3-venv` (apt-get install python3-venv)",
+            venv.display()
+        )
+    })?;
+    cmd!(
+        sh,
+        "{python} -m pip install --quiet --no-input --disable-pip-version-check --only-binary=:all: {SBOM_VALIDATOR...}"
+    )
+    .run()
+    .with_context(|| {
+        format!(
+            "installing the SBOM validator into {} failed: pip needs PyPI (behind a TLS-intercepting proxy, \
+                 set PIP_CERT to its CA bundle); rerun `cargo xtask deps` once it is reachable",
+            venv.display()
+        )
+    })?;
+    cmd!(
+        sh,
+        "{python} -c 'from cyclonedx.schema import SchemaVersion; from cyclonedx.validation.json import JsonStrictValidator; JsonStrictValidator(SchemaVersion.V1_5)'"
+    )
+    .run()
+    .context("the SBOM validator was installed but does not load")?;
+    std::fs::write(&stamp, pins).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(())
+}
+
 /// Installs what is missing and makes sure an engine answers.
 pub fn ensure_build_deps(sh: &Shell) -> Result<()> {
-    let missing: Vec<&(&str, &str, &str)> = TOOLS.iter().filter(|(c, ..)| !have(c)).collect();
+    let mut missing: Vec<&(&str, &str, &str)> = TOOLS.iter().filter(|(c, ..)| !have(c)).collect();
+    if !python_venv_works() {
+        missing.push(&("python3 -m venv", "python3-venv", "creates the SBOM validator's virtual environment"));
+    }
     if !missing.is_empty() {
         let pkgs: Vec<&str> = missing.iter().map(|(_, p, _)| *p).collect();
         for (c, p, why) in &missing {
@@ -50,6 +142,7 @@ pub fn ensure_build_deps(sh: &Shell) -> Result<()> {
             .run()
             .context("apt-get install failed")?;
     }
+    ensure_sbom_validator(sh)?;
     ensure_engine(sh)
 }
 

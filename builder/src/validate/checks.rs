@@ -319,6 +319,56 @@ pub fn semver(s: &str) -> bool {
     parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
 }
 
+/// Advisory id prefixes `[audit] allow` accepts, with the shape of each.
+pub const ADVISORY_FORMS: &[(&str, &str)] = &[
+    ("CVE", "CVE-2024-2398"),
+    ("GHSA", "GHSA-xxxx-xxxx-xxxx"),
+    ("DSA", "DSA-5678-1"),
+    ("DLA", "DLA-3456-1"),
+    ("TEMP", "TEMP-0000000-1A2B3C"),
+    ("PYSEC", "PYSEC-2021-123"),
+    ("GO", "GO-2022-0123"),
+];
+
+/// An advisory id as scanners write it: `CVE-YYYY-NNNN+`, `GHSA-xxxx-xxxx-xxxx` (lowercase
+/// letters and digits), `DSA-N[-N]`, `DLA-N[-N]`, `TEMP-NNNNNNN-HEX`, `PYSEC-YYYY-N+`,
+/// `GO-YYYY-NNNN+`. Returns the reason when it is not one.
+pub fn advisory_id(s: &str) -> Result<(), String> {
+    let digits = |p: &str, min: usize| p.len() >= min && p.len() <= 16 && p.bytes().all(|b| b.is_ascii_digit());
+    let year = |p: &str| p.len() == 4 && digits(p, 4) && p.starts_with(['1', '2']);
+    let parts: Vec<&str> = s.split('-').collect();
+    let ok = match parts.as_slice() {
+        ["CVE", y, n] => year(y) && digits(n, 4),
+        ["GHSA", a, b, c] => {
+            [a, b, c].iter().all(|g| g.len() == 4 && g.bytes().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit()))
+        }
+        ["DSA" | "DLA", n] => digits(n, 1),
+        ["DSA" | "DLA", n, r] => digits(n, 1) && digits(r, 1),
+        ["TEMP", n, h] => digits(n, 1) && !h.is_empty() && h.len() <= 16 && h.bytes().all(|b| b.is_ascii_hexdigit()),
+        ["PYSEC", y, n] => year(y) && digits(n, 1),
+        ["GO", y, n] => year(y) && digits(n, 4),
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let shown = s.escape_debug();
+    match advisory_form(s) {
+        Some((p, _)) if !s.starts_with(p) => {
+            Err(format!("`{shown}` is not an advisory id: write the prefix in capitals"))
+        }
+        Some((p, _)) => Err(format!("`{shown}` is not a well-formed {p} id")),
+        None => Err(format!("`{shown}` is not an advisory id of a known kind")),
+    }
+}
+
+/// The (prefix, example) of [`ADVISORY_FORMS`] whose prefix `s` starts with, in any case.
+pub fn advisory_form(s: &str) -> Option<(&'static str, &'static str)> {
+    let upper = s.to_ascii_uppercase();
+    let prefix = upper.split('-').next().unwrap_or("");
+    ADVISORY_FORMS.iter().find(|(p, _)| *p == prefix).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,5 +450,42 @@ mod tests {
         assert!(semver("0.1.0") && semver("1.2.3-rc.1") && !semver("1.2"));
         assert_eq!(shell_metachar("uv pip install; curl x"), Some(';'));
         assert!(is_placeholder(" todo "));
+    }
+
+    #[test]
+    fn advisory_ids() {
+        for ok in [
+            "CVE-2024-2398",
+            "CVE-2021-44228",
+            "CVE-2024-123456",
+            "GHSA-jfh8-c2jp-5v3q",
+            "DSA-5678-1",
+            "DLA-3456-1",
+            "DSA-5678",
+            "TEMP-0000000-1A2B3C",
+            "PYSEC-2021-123",
+            "GO-2022-0123",
+        ] {
+            assert_eq!(advisory_id(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("CVE-2024-12", "well-formed CVE"),
+            ("CVE-24-2398", "well-formed CVE"),
+            ("cve-2024-2398", "capitals"),
+            ("CVE-2024-2398 ", "well-formed"),
+            ("GHSA-JFH8-C2JP-5V3Q", "well-formed GHSA"),
+            ("GHSA-jfh8-c2jp", "GHSA"),
+            ("DSA-x-1", "DSA"),
+            ("TEMP-0000000-XYZ", "TEMP"),
+            ("GO-2022-12", "GO"),
+            ("", "known kind"),
+            ("RHSA-2024:1234", "known kind"),
+            ("CVE-2024-2398\n", "CVE"),
+        ] {
+            let e = advisory_id(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert_eq!(advisory_form("ghsa-x"), Some(("GHSA", "GHSA-xxxx-xxxx-xxxx")));
+        assert_eq!(advisory_form("RHSA-2024:1"), None);
     }
 }

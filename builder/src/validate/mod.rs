@@ -33,6 +33,9 @@ const SINGLE_FILES: &[(&str, &str, bool)] = &[
     ("vm/environment.toml", "environment", false),
 ];
 
+/// Further top-level tables a single-table file may hold: (path under `config/`, table).
+const COMPANION_TABLES: &[(&str, &str)] = &[("build.toml", "audit")];
+
 /// Collection directories under `config/`.
 const COLLECTIONS: &[&str] = &["ai", "packages", "mcp"];
 
@@ -59,7 +62,17 @@ pub fn load(dir: &Path) -> Loaded {
         let file = sources.get(id);
         let Some(doc) = parse_file(id, &file.text, &sink) else { continue };
         let root = Reader::root(id, &doc, &sink);
-        let Some(r) = top_table(&root, table, &rel_path, &sink) else { continue };
+        let companions: Vec<&'static str> =
+            COMPANION_TABLES.iter().filter(|(file, _)| file == rel).map(|(_, t)| *t).collect();
+        for companion in &companions {
+            if let Some(r) = root.table(companion) {
+                match *companion {
+                    "audit" => raw.audit = Some(rawconfig::read_audit(&r)),
+                    _ => unreachable!("COMPANION_TABLES lists only known tables"),
+                }
+            }
+        }
+        let Some(r) = top_table(&root, table, &companions, &rel_path, &sink) else { continue };
         match *table {
             "build" => raw.build = Some(rawconfig::read_build(&r)),
             "image" => raw.image = Some(rawconfig::read_image(&r)),
@@ -184,12 +197,22 @@ fn read_into(
     }
 }
 
-/// Finds the one expected top-level table in a single-table file (E012 otherwise).
+/// Finds the one expected top-level table in a single-table file (E012 otherwise);
+/// `companions` are the other tables the file may hold (read by the caller).
 ///
 /// One mistake gives one diagnostic: a misspelt header gets a "did you mean"; keys written
 /// without any header get a single "add a `[name]` header"; an empty file is reported as such.
-fn top_table<'a, 'i>(root: &Reader<'a, 'i>, name: &'static str, rel_path: &str, sink: &Sink) -> Option<Reader<'a, 'i>> {
-    let strays: Vec<Sp<String>> = root.keys().into_iter().filter(|k| k.value != name).collect();
+fn top_table<'a, 'i>(
+    root: &Reader<'a, 'i>,
+    name: &'static str,
+    companions: &[&str],
+    rel_path: &str,
+    sink: &Sink,
+) -> Option<Reader<'a, 'i>> {
+    let strays: Vec<Sp<String>> =
+        root.keys().into_iter().filter(|k| k.value != name && !companions.contains(&k.value.as_str())).collect();
+    let holds = std::iter::once(name).chain(companions.iter().copied()).map(|t| format!("[{t}]")).collect::<Vec<_>>();
+    let holds = holds.join(" and ");
     if !root.has(name) {
         let d = match strays.first() {
             None => {
@@ -202,7 +225,7 @@ fn top_table<'a, 'i>(root: &Reader<'a, 'i>, name: &'static str, rel_path: &str, 
                     typo.loc.clone(),
                     format!("unexpected top-level table `{}` in `{rel_path}`", typo.value),
                 )
-                .help(format!("did you mean `[{name}]`? this file holds only [{name}]")),
+                .help(format!("did you mean `[{name}]`? this file holds only {holds}")),
                 None => Diagnostic::at(
                     Code::UnexpectedTopLevel,
                     k.loc.clone(),
@@ -215,13 +238,17 @@ fn top_table<'a, 'i>(root: &Reader<'a, 'i>, name: &'static str, rel_path: &str, 
         return None;
     }
     for key in strays {
+        let help = match crate::diag::suggest(&key.value, companions.iter().copied()) {
+            Some(c) => format!("did you mean `[{c}]`?"),
+            None => format!("move it under [{name}] or to the file that owns it"),
+        };
         sink.push(
             Diagnostic::at(
                 Code::UnexpectedTopLevel,
                 key.loc.clone(),
-                format!("unexpected top-level key `{}` in `{rel_path}`; this file holds only [{name}]", key.value),
+                format!("unexpected top-level key `{}` in `{rel_path}`; this file holds only {holds}", key.value),
             )
-            .help(format!("move it under [{name}] or to the file that owns it")),
+            .help(help),
         );
     }
     root.table(name)

@@ -118,3 +118,66 @@ fn any_package_set_key_reaches_the_model() {
     assert_eq!(plan.apt_steps.len(), 1);
     assert_eq!(plan.apt_steps[0].packages, ["ripgrep=13.0.0-4+b2"]);
 }
+
+fn with_audit(dir: &Path, audit: &str) {
+    minimal(dir);
+    write(dir, "config/build.toml", format!("{BUILD}\n{audit}").as_bytes());
+}
+
+#[test]
+fn audit_defaults_when_absent() {
+    let t = tempfile::tempdir().unwrap();
+    minimal(t.path());
+    let m = load(t.path()).model.expect("valid");
+    assert_eq!(m.audit, crate::model::AuditPolicy::default());
+    assert_eq!(m.audit.fail_on, crate::model::FailOn::High);
+    assert!(m.audit.allow.is_empty());
+}
+
+#[test]
+fn audit_table_reaches_the_model() {
+    let t = tempfile::tempdir().unwrap();
+    with_audit(t.path(), "[audit]\nfail_on = \"medium\"\nallow = [\"GHSA-jfh8-c2jp-5v3q\", \"CVE-2024-2398\"]\n");
+    let l = load(t.path());
+    assert!(l.report.diagnostics.is_empty(), "{}", l.report.render("", false));
+    let m = l.model.expect("valid");
+    assert_eq!(m.audit.fail_on, crate::model::FailOn::Medium);
+    assert_eq!(m.audit.allow.iter().map(String::as_str).collect::<Vec<_>>(), ["CVE-2024-2398", "GHSA-jfh8-c2jp-5v3q"]);
+    // [audit] may come before [build] and may be empty
+    write(t.path(), "config/build.toml", format!("[audit]\n{BUILD}").as_bytes());
+    assert_eq!(load(t.path()).model.expect("valid").audit, crate::model::AuditPolicy::default());
+}
+
+#[test]
+fn audit_shape_errors_are_reported() {
+    let t = tempfile::tempdir().unwrap();
+    with_audit(t.path(), "[audit]\nfail_on = \"severe\"\nallow = \"CVE-2024-2398\"\nallowed = []\n");
+    let got: Vec<Code> = codes(t.path()).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(got, [Code::WrongType, Code::InvalidChoice, Code::UnknownKey]);
+    with_audit(t.path(), "[audit]\nallow = [\"CVE-2024-2398\", 7, \"bogus\"]\nfail_on = 3\n");
+    let got: Vec<Code> = codes(t.path()).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(got, [Code::WrongType, Code::WrongType, Code::BadAdvisoryId]);
+    write(t.path(), "config/build.toml", format!("audit = 3\n{BUILD}").as_bytes());
+    let got: Vec<Code> = codes(t.path()).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(got, [Code::WrongType]);
+}
+
+#[test]
+fn audit_in_another_file_or_misspelt_is_e012() {
+    let t = tempfile::tempdir().unwrap();
+    minimal(t.path());
+    write(t.path(), "config/security/web.toml", b"[web]\n[audit]\nfail_on = \"low\"\n");
+    write(t.path(), "config/build.toml", format!("{BUILD}\n[audti]\nfail_on = \"low\"\n").as_bytes());
+    let l = load(t.path());
+    let text = l.report.render("", false);
+    assert!(text.contains("this file holds only [build] and [audit]"), "{text}");
+    assert!(text.contains("did you mean `[audit]`?"), "{text}");
+    assert!(text.contains("unexpected top-level key `audit` in `config/security/web.toml`"), "{text}");
+    let got: Vec<Code> = codes(t.path()).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(got, [Code::UnexpectedTopLevel, Code::UnexpectedTopLevel]);
+    // an [audit] table alone does not stand in for [build]
+    write(t.path(), "config/security/web.toml", b"[web]\n");
+    write(t.path(), "config/build.toml", b"[audit]\nfail_on = \"low\"\n");
+    let text = load(t.path()).report.render("", false);
+    assert!(text.contains("`config/build.toml` has no [build] table"), "{text}");
+}

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use super::checks;
 
+mod audit;
 mod boot;
 mod build;
 mod collections;
@@ -404,6 +405,7 @@ impl Cx<'_> {
 pub(super) fn check(dir: &Path, raw: &RawConfig, sources: &SourceMap, sink: &Sink) -> Option<Model> {
     let cx = Cx { dir, sources, sink };
     let build = raw.build.as_ref().map(|b| build(&cx, b));
+    let audit = audit::audit(&cx, raw.audit.as_ref());
     let image = image(&cx, raw.image.as_ref());
     let ai = providers(&cx, &raw.ai);
     let packages = package_sets(&cx, &raw.packages);
@@ -414,5 +416,5 @@ pub(super) fn check(dir: &Path, raw: &RawConfig, sources: &SourceMap, sink: &Sin
     let artifacts = artifacts(&cx);
     npm_registry_rule(&cx, raw, &web);
     npm_conflicts(&cx, raw);
-    Some(Model { image, build: build??, ai, packages, mcp, web, resources, environment, artifacts })
+    Some(Model { image, build: build??, audit: audit?, ai, packages, mcp, web, resources, environment, artifacts })
 }
