@@ -23,11 +23,13 @@
 pub mod audit;
 pub mod bom;
 pub mod build;
+pub mod compare;
 pub mod diag;
 pub mod doctor;
 pub mod engine;
 pub mod initrd;
 pub mod inspect;
+pub mod kernel_source;
 pub mod model;
 pub mod plan;
 pub mod raw;

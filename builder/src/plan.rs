@@ -148,10 +148,13 @@ pub struct KernelPlan {
     pub defconfig: String,
     /// `SOURCE_DATE_EPOCH` (KBUILD_BUILD_TIMESTAMP is derived from it), when known at plan time.
     pub source_date_epoch: Option<u64>,
+    /// The pinned kernel source (provider, version, tarball sha256) and busybox-static version.
+    pub source: KernelSource,
 }
 
 // ---- model → plan --------------------------------------------------------------------------
 
+use crate::kernel_source::KernelSource;
 use crate::model::{Arch, BaseImage, Install, Manager, Model};
 
 /// uv is bootstrapped from PyPI at this pinned version when a Python set uses it.
@@ -276,8 +279,8 @@ pub fn rootfs(
     })
 }
 
-/// Builds the kernel plan for one architecture.
-pub fn kernel(model: &Model, arch: Arch, source_date_epoch: Option<u64>) -> Option<KernelPlan> {
+/// Builds the kernel plan for one architecture, from `source` (see [`crate::kernel_source::resolve`]).
+pub fn kernel(model: &Model, arch: Arch, source_date_epoch: Option<u64>, source: &KernelSource) -> Option<KernelPlan> {
     let cfg = model.build.architectures.get(&arch)?;
     Some(KernelPlan {
         arch: arch.as_str().to_string(),
@@ -289,5 +292,6 @@ pub fn kernel(model: &Model, arch: Arch, source_date_epoch: Option<u64>) -> Opti
         kernel_arch: arch.kernel_arch().to_string(),
         defconfig: cfg.defconfig.clone(),
         source_date_epoch,
+        source: source.clone(),
     })
 }

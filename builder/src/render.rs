@@ -362,6 +362,7 @@ mod tests {
             kernel_arch: "x86".into(),
             defconfig: "kernel/defconfig.x86_64".into(),
             source_date_epoch: Some(SOURCE_DATE_EPOCH),
+            source: crate::kernel_source::resolve("6.1", crate::kernel_source::Provider::Debian).unwrap(),
         }
     }
 
@@ -376,6 +377,7 @@ mod tests {
             kernel_arch: "arm64".into(),
             defconfig: "kernel/defconfig.arm64".into(),
             source_date_epoch: None,
+            source: crate::kernel_source::resolve("6.1", crate::kernel_source::Provider::Upstream).unwrap(),
         }
     }
 

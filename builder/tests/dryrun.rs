@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use capsem_builder::model::Arch;
-use capsem_builder::{plan, render, validate};
+use capsem_builder::{kernel_source, plan, render, validate};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -14,11 +14,12 @@ fn repo() -> PathBuf {
 fn render_all(dir: &Path) -> String {
     let loaded = validate::load(dir);
     let model = loaded.model.unwrap_or_else(|| panic!("{}", loaded.report.render("img", false)));
+    let source = kernel_source::resolve("6.1", kernel_source::Provider::Debian).unwrap();
     let mut out = String::new();
     for arch in [Arch::X86_64, Arch::Arm64] {
         let rootfs = plan::rootfs(&model, arch, &["capsem-agent".to_string()], Some(1_767_225_600)).unwrap();
         out.push_str(&format!("# ===== {arch} rootfs =====\n{}\n", render::render_rootfs(&rootfs).unwrap()));
-        let kernel = plan::kernel(&model, arch, Some(1_767_225_600)).unwrap();
+        let kernel = plan::kernel(&model, arch, Some(1_767_225_600), &source).unwrap();
         out.push_str(&format!("# ===== {arch} kernel =====\n{}\n", render::render_kernel(&kernel).unwrap()));
     }
     out

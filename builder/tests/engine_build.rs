@@ -15,12 +15,22 @@
 //! 5. every installer reached the image, with the modes the Dockerfile promises;
 //! 6. a failing step is reported with its number, instruction and output, and leaves nothing.
 //!
+//! [`small_image_release_is_reproducible_signed_and_checked`] builds the whole release twice
+//! (kernel from the content-hash cache when possible, initrd, rootfs, manifest, SBOM, B3SUMS,
+//! signature) and checks identical bytes, the manifest's contents, the bill of materials against
+//! `dpkg-query`/`pip list` inside the image, the SBOM with the CycloneDX validator, a real boot
+//! under QEMU, and that `minisign`, `b3sum -c` and `capsem-builder verify` accept the release and
+//! reject it after one flipped byte in any asset or in the manifest.
+//!
 //! Needs: a running Docker (or Podman) engine at `DOCKER_HOST` or /var/run/docker.sock — the
 //! test FAILS without one —, mmdebstrap, squashfs-tools, root (unsquashfs extracts device nodes),
-//! and the Debian/PyPI/npm mirrors. pip and npm need the host CA bundle inside the build on
+//! and the Debian/PyPI/npm mirrors; for the release test also minisign, b3sum, zstd, cpio,
+//! qemu-system-x86 and the SBOM validator venv (all from `cargo xtask deps`). pip and npm need the host CA bundle inside the build on
 //! machines behind a TLS-intercepting proxy: it is passed as `CAPSEM_BUILD_CA_FILE` would be
 //! (that variable if set, else /etc/ssl/certs/ca-certificates.crt).
 
+#[path = "engine_build/bom.rs"]
+mod bom;
 #[path = "engine_build/listing.rs"]
 mod listing;
 
@@ -408,4 +418,217 @@ fn no_engine_is_a_clear_error() {
     assert!(matches!(err, BuildError::Engine(EngineError::NoEngine { .. })), "{text}");
     assert!(text.contains("no-docker.sock does not exist") && text.contains("fix: start Docker"), "{text}");
     assert!(!tmp.path().join("out/x86_64/rootfs.squashfs").exists());
+}
+
+/// The small image's whole release (kernel, initrd, rootfs, manifest, SBOM, B3SUMS, signature),
+/// built twice into fresh directories. The kernel comes from the content-hash cache when an
+/// earlier run built it with the same inputs (the default cache directory, as users get it); the
+/// second build must take it from there.
+#[test]
+fn small_image_release_is_reproducible_signed_and_checked() {
+    use capsem_builder::build::release::{self, Parts, ReleaseRequest};
+    use capsem_builder::kernel_source::Provider;
+
+    let _engine = engine();
+    let server = serve_installer();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = image_copy(tmp.path(), &server.authority);
+    let model = load(&dir);
+    let (public, secret) = (tmp.path().join("test.pub"), tmp.path().join("test.key"));
+    capsem_builder::sign::keygen_with(&public, &secret, false, None).unwrap();
+    let opts = options(&tmp.path().join("runs"));
+    let build = |out: &Path| {
+        let request = ReleaseRequest {
+            image_dir: &dir,
+            model: &model,
+            archs: vec![Arch::X86_64],
+            out_dir: out,
+            opts: &opts,
+            kernel_source: Provider::Debian,
+            sign_key: Some(secret.clone()),
+            audit_report: None,
+            parts: Parts::Release,
+        };
+        release::build_release(&request).unwrap_or_else(|e| panic!("release into {}: {e}", out.display()))
+    };
+    let (out_a, out_b) = (tmp.path().join("release-a"), tmp.path().join("release-b"));
+    let a = build(&out_a);
+    let b = build(&out_b);
+    assert!(b.built[0].kernel.cached, "the second build must take the kernel from the cache");
+    assert!(a.skipped.is_empty() && a.signature.is_some(), "{:?}", a.skipped);
+
+    // Identical bytes, file by file.
+    let hash = |p: &Path| blake3::hash(&std::fs::read(p).unwrap()).to_hex().to_string();
+    let files = [
+        "x86_64/vmlinuz",
+        "x86_64/initrd.img",
+        "x86_64/rootfs.squashfs",
+        "x86_64/sbom.cdx.json",
+        "manifest.json",
+        "manifest.json.minisig",
+        "B3SUMS",
+    ];
+    for f in files {
+        assert_eq!(hash(&out_a.join(f)), hash(&out_b.join(f)), "{f} differs between the two builds");
+    }
+    let diffs = capsem_builder::compare::compare_dirs(&out_a, &out_b).unwrap();
+    assert!(diffs.is_empty(), "{diffs:?}");
+    let entries: Vec<String> =
+        std::fs::read_dir(&out_a).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!entries.iter().any(|e| e.starts_with(".build-")), "staging left behind: {entries:?}");
+
+    // The manifest says what was built, from what.
+    let manifest = capsem_trust::Manifest::parse(&std::fs::read(out_a.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest.build_timestamp, "2023-11-14T22:13:20Z");
+    assert_eq!(manifest.source_date_epoch, 1_700_000_000);
+    let arch = manifest.arch("x86_64").unwrap();
+    let names: Vec<&str> = arch.assets.iter().map(|a| a.filename.as_str()).collect();
+    assert_eq!(names, ["initrd.img", "rootfs.squashfs", "vmlinuz"]);
+    for asset in &arch.assets {
+        let path = out_a.join("x86_64").join(&asset.filename);
+        assert_eq!((asset.size, asset.b3.as_str()), (std::fs::metadata(&path).unwrap().len(), hash(&path).as_str()));
+    }
+    let has = |manager: &str, name: &str| arch.packages.iter().any(|p| p.manager == manager && p.name == name);
+    assert!(has("apt", "hello") && has("apt", "tree") && has("pip", "iniconfig") && has("npm", "semver"));
+    assert_eq!(arch.inputs.kernel_source["provider"], "debian");
+    assert_eq!(arch.inputs.kernel_source["tarball_sha256"].len(), 64);
+    assert!(arch.inputs.toolchain.keys().any(|k| k.starts_with("gcc-")), "{:?}", arch.inputs.toolchain);
+    assert!(arch.inputs.toolchain.contains_key("busybox-static"));
+    assert_eq!(arch.sbom.b3, hash(&out_a.join("x86_64/sbom.cdx.json")));
+
+    // The bill of materials is what the rootfs's own package databases say.
+    bom::assert_bom_matches_rootfs(&out_a.join("x86_64/rootfs.squashfs"), &arch.packages);
+    // The SBOM passes the CycloneDX validator from PyPI.
+    bom::assert_sbom_validates(&out_a.join("x86_64/sbom.cdx.json"));
+
+    // The initrd holds busybox and capsem-init as /init.
+    let listing = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc {} | cpio -it --quiet", out_a.join("x86_64/initrd.img").display()))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.lines().any(|l| l == "init") && listing.lines().any(|l| l == "bin/busybox"), "{listing}");
+
+    // A real Linux boot of the three assets under QEMU (TCG): the kernel unpacks the initrd,
+    // capsem-init mounts the squashfs and the overlay and switches root; with no agent in this
+    // image it starts /bin/sh on the console, which answers from inside the new root.
+    let console = boot_with_shell(&out_a.join("x86_64"), "echo CAPSEM-GUEST-$((6*7)); dpkg-query -W hello; exit");
+    eprintln!("guest console:\n{console}");
+    assert!(console.contains("CAPSEM-GUEST-42"), "the guest shell did not answer:\n{console}");
+    assert!(console.contains("hello\t2.10-3"), "dpkg in the guest does not see the rootfs:\n{console}");
+
+    // Debian's minisign and b3sum accept the release; flipping one byte anywhere breaks them.
+    let minisign = |dir: &Path| {
+        Command::new("minisign")
+            .arg("-Vm")
+            .arg(dir.join("manifest.json"))
+            .arg("-p")
+            .arg(&public)
+            .arg("-q")
+            .status()
+            .expect("minisign is installed (cargo xtask deps)")
+            .success()
+    };
+    let b3sum = |dir: &Path| {
+        Command::new("b3sum")
+            .args(["-c", "--quiet", "B3SUMS"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("b3sum is installed (cargo xtask deps)")
+            .success()
+    };
+    let verify = |dir: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_capsem-builder"))
+            .arg("verify")
+            .arg(dir)
+            .arg("--public-key")
+            .arg(&public)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(minisign(&out_a), "minisign rejects our signature");
+    assert!(b3sum(&out_a), "b3sum -c rejects our B3SUMS");
+    assert!(verify(&out_a), "capsem-builder verify rejects a good release");
+    for f in files.iter().filter(|f| !f.ends_with(".minisig") && **f != "B3SUMS") {
+        let copy = tmp.path().join(format!("tampered-{}", f.replace('/', "-")));
+        copy_tree(&out_a, &copy);
+        let target = copy.join(f);
+        let mut bytes = std::fs::read(&target).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x01;
+        std::fs::write(&target, bytes).unwrap();
+        if *f == "manifest.json" {
+            assert!(!minisign(&copy), "minisign accepts a tampered manifest");
+        } else {
+            assert!(!b3sum(&copy), "b3sum -c accepts a tampered {f}");
+        }
+        assert!(!verify(&copy), "capsem-builder verify accepts a tampered {f}");
+    }
+}
+
+/// Boots `dir`'s vmlinuz + initrd.img with rootfs.squashfs as /dev/vda under QEMU TCG (microvm,
+/// the command line of ../shared/research/vm-boot-feasibility.md), types `commands` into the
+/// shell capsem-init falls back to once it is up, and returns the console output. The guest's
+/// PID 1 exiting panics the kernel, which reboots, which ends QEMU (`-no-reboot`); the 300 s
+/// limit only stops a hung guest from hanging the test.
+fn boot_with_shell(dir: &Path, commands: &str) -> String {
+    let khz = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu MHz").and_then(|r| r.split(':').nth(1)).map(|v| v.trim().to_owned()))
+        .and_then(|mhz| mhz.parse::<f64>().ok())
+        .map(|mhz| (mhz * 1000.0) as u64)
+        .expect("cpu MHz in /proc/cpuinfo");
+    let append = format!(
+        "console=ttyS0 quiet panic=-1 reboot=t noapictimer tsc_early_khz={khz} lpj={} capsem.scratch=none capsem.fatal=reboot",
+        khz * 1000 / 250
+    );
+    let mut child = Command::new("timeout")
+        .arg("300")
+        .arg("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-M", "microvm,acpi=off", "-cpu", "max", "-m", "512", "-no-reboot"])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(dir.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(dir.join("initrd.img"))
+        .arg("-drive")
+        .arg(format!("id=root,file={},format=raw,if=none,readonly=on", dir.join("rootfs.squashfs").display()))
+        .args(["-device", "virtio-blk-device,drive=root", "-append", &append])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-system-x86_64 is installed (cargo xtask deps)");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut console = String::new();
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    let mut typed = false;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let text = String::from_utf8_lossy(&line);
+        console.push_str(&text);
+        if !typed && text.contains("starting /bin/sh") {
+            stdin.write_all(format!("{commands}\n").as_bytes()).unwrap();
+            stdin.flush().unwrap();
+            typed = true;
+        }
+    }
+    drop(stdin);
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert_ne!(status.code(), Some(124), "the guest hung (300 s):\n{console}\n{err}");
+    console
 }

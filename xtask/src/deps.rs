@@ -1,5 +1,6 @@
-//! Build prerequisites: install missing Debian packages, create the pinned SBOM validator venv
-//! (`target/tools/sbom-venv`, used by `builder/tests/sbom.rs`) and start a container engine.
+//! Build prerequisites: install missing Debian packages, create the pinned validators venv
+//! (`target/tools/sbom-venv`: the CycloneDX SBOM validator used by the SBOM and engine tests,
+//! and check-jsonschema for ci/release.yml) and start a container engine.
 //!
 //! Every action is announced on stderr before it runs. Installing needs root (our machines
 //! and CI run as root); without it we print the exact `apt-get` line to run instead.
@@ -18,6 +19,8 @@ const TOOLS: &[(&str, &str, &str)] = &[
     ("b3sum", "b3sum", "checks BLAKE3 sums of the assets"),
     ("minisign", "minisign", "checks the manifest signature"),
     ("qemu-system-x86_64", "qemu-system-x86", "boots the image in end-to-end tests"),
+    ("zstd", "zstd", "decompresses the initrd in tests"),
+    ("cpio", "cpio", "lists and extracts the initrd in tests"),
 ];
 
 fn have(cmd_name: &str) -> bool {
@@ -65,6 +68,16 @@ const SBOM_VALIDATOR: &[&str] = &[
     "tzdata==2026.6",
     "uri-template==1.3.0",
     "webcolors==25.10.0",
+    // check-jsonschema validates ci/release.yml against GitHub's workflow schema (vendored in
+    // the wheel, so offline too); `cargo xtask ci` runs it.
+    "check-jsonschema==0.39.0",
+    "certifi==2026.10.18",
+    "charset-normalizer==3.5.2",
+    "click==8.5.1",
+    "regress==2026.9.1",
+    "requests==2.34.2",
+    "ruamel.yaml==0.19.1",
+    "urllib3==2.8.0",
 ];
 
 /// Whether Debian's python3 can create a venv with pip in it (`ensurepip` is in `python3-venv`).

@@ -4,10 +4,15 @@
 //!   and a parse check of flake.nix.
 //! - `cargo xtask image build [DIR]` — the main job: installs the build prerequisites from the
 //!   package registries when missing (announcing each), makes sure a container engine is
-//!   running, then builds the image (default `images/default`).
+//!   running, then builds the image (default `images/default`): kernel, initrd and rootfs for
+//!   every architecture this host can build, manifest.json, B3SUMS, the signature (with
+//!   `CAPSEM_SIGNING_KEY`, else a local development key under target/dev-signing/), and verifies it.
+//! - `cargo xtask repro [DIR]` — builds twice into fresh directories (fresh kernel caches too)
+//!   and names every differing file, and what differs inside it.
 //! - `cargo xtask deps` — only the prerequisite step.
 //! - `cargo xtask bench [NAME…]` — benchmarks against their named baselines, measured in the
-//!   same run; each prints ratios and writes JSON under `target/bench/`. Names: `squashfs`.
+//!   same run; each prints ratios and writes JSON under `target/bench/`. Names: `squashfs`
+//!   (our squashfs writer vs mksquashfs), `hash` (our file hashing vs the b3sum CLI).
 
 mod deps;
 
@@ -22,13 +27,15 @@ fn main() -> Result<()> {
         ["ci"] => ci(&sh),
         ["deps"] => deps::ensure_build_deps(&sh),
         ["image", "build", rest @ ..] => image_build(&sh, rest),
+        ["repro", rest @ ..] => repro(&sh, rest),
         ["bench", names @ ..] => bench(&sh, names),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n  ci                  fmt check, clippy -D warnings, all tests, flake parse\n  \
-                 image build [DIR]   install prerequisites, then build DIR (default images/default)\n  \
+                 image build [DIR]   install prerequisites, then build and sign DIR (default images/default)\n  \
+                 repro [DIR] [--shared-kernel-cache]  build DIR twice in fresh directories and compare\n  \
                  deps                install build prerequisites only\n  \
-                 bench [NAME...]     benchmarks vs their baselines (squashfs)"
+                 bench [NAME...]     benchmarks vs their baselines (squashfs, hash)"
             );
             bail!("unknown or missing command: {}", args.join(" "))
         }
@@ -73,11 +80,20 @@ fn ci(sh: &Shell) -> Result<()> {
         }
         Err(_) => eprintln!("skipped: nix-instantiate not installed (apt-get install nix-bin); CI runs this check"),
     }
+    step("ci/release.yml against GitHub's workflow schema (check-jsonschema)");
+    cmd!(sh, "target/tools/sbom-venv/bin/check-jsonschema --builtin-schema vendor.github-workflows ci/release.yml")
+        .run()
+        .context(
+            "ci/release.yml is not a valid GitHub Actions workflow (or the validator is missing: cargo xtask deps)",
+        )?;
     step("capsem-builder validate images/default");
     cmd!(sh, "cargo run --quiet --locked -p capsem-builder -- validate images/default").run()?;
     eprintln!("\nci: all checks passed");
     Ok(())
 }
+
+/// Where `image build` and `repro` keep the local development signing key.
+const DEV_KEY_DIR: &str = "target/dev-signing";
 
 fn image_build(sh: &Shell, rest: &[&str]) -> Result<()> {
     let dir = rest.first().copied().unwrap_or("images/default");
@@ -86,31 +102,89 @@ fn image_build(sh: &Shell, rest: &[&str]) -> Result<()> {
     cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- validate {dir}").run()?;
     step("capsem-builder doctor");
     cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- doctor {dir}").run()?;
-    // Our machines reach PyPI and npm only through a TLS-intercepting proxy whose CA is in the
-    // host's bundle; trust it during the build (never kept in the image) unless told otherwise.
-    let host_bundle = "/etc/ssl/certs/ca-certificates.crt";
-    let _ca = (std::env::var_os("CAPSEM_BUILD_CA_FILE").is_none() && std::path::Path::new(host_bundle).is_file()).then(
-        || {
-            eprintln!("trusting the host CA bundle during the build (CAPSEM_BUILD_CA_FILE={host_bundle})");
-            sh.push_env("CAPSEM_BUILD_CA_FILE", host_bundle)
-        },
-    );
-    let arch = match std::env::consts::ARCH {
-        "aarch64" => "arm64",
-        other => other,
-    };
-    step(&format!("capsem-builder build {dir} --template rootfs --arch {arch}"));
-    cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- build {dir} --template rootfs --arch {arch} --output assets")
+    let _ca = trust_host_ca(sh);
+    let (key, public) = signing_key(sh)?;
+    step(&format!("capsem-builder build {dir} --output assets (kernel, initrd, rootfs; manifest, B3SUMS, signature)"));
+    cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- build {dir} --output assets --sign-key {key}")
+        .ignore_stdout()
         .run()?;
+    step(&format!("capsem-builder verify assets --public-key {public}"));
+    cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- verify assets --public-key {public}").run()?;
     eprintln!(
-        "\nrootfs built under assets/{arch}/. Not implemented yet: the kernel, initrd, manifest, B3SUMS and \
-         signature (issue 4); `capsem-builder build {dir} --dry-run` shows the kernel Dockerfile."
+        "\nassets/ holds the release: manifest.json (+ .minisig), B3SUMS, <arch>/{{vmlinuz,initrd.img,rootfs.squashfs,sbom.cdx.json}}"
     );
     Ok(())
 }
 
+/// Our machines reach PyPI and npm only through a TLS-intercepting proxy whose CA is in the
+/// host's bundle; trust it during builds (never kept in the image) unless told otherwise.
+fn trust_host_ca(sh: &Shell) -> Option<xshell::PushEnv<'_>> {
+    let host_bundle = "/etc/ssl/certs/ca-certificates.crt";
+    (std::env::var_os("CAPSEM_BUILD_CA_FILE").is_none() && std::path::Path::new(host_bundle).is_file()).then(|| {
+        eprintln!("trusting the host CA bundle during the build (CAPSEM_BUILD_CA_FILE={host_bundle})");
+        sh.push_env("CAPSEM_BUILD_CA_FILE", host_bundle)
+    })
+}
+
+/// The signing key: `CAPSEM_SIGNING_KEY` (public key next to it as `<stem>.pub`, or
+/// `CAPSEM_SIGNING_PUBLIC_KEY`) or a local development key, generated once under target/.
+fn signing_key(sh: &Shell) -> Result<(String, String)> {
+    if let Some(key) = std::env::var_os("CAPSEM_SIGNING_KEY").filter(|k| !k.is_empty()) {
+        let key = std::path::PathBuf::from(key);
+        let public = std::env::var_os("CAPSEM_SIGNING_PUBLIC_KEY")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| key.with_extension("pub"));
+        eprintln!("signing with CAPSEM_SIGNING_KEY={} (public key {})", key.display(), public.display());
+        return Ok((key.display().to_string(), public.display().to_string()));
+    }
+    let key = format!("{DEV_KEY_DIR}/capsem-dev.key");
+    let public = format!("{DEV_KEY_DIR}/capsem-dev.pub");
+    if !sh.path_exists(&key) {
+        step("capsem-builder keygen (local development key; set CAPSEM_SIGNING_KEY to sign releases)");
+        sh.create_dir(DEV_KEY_DIR)?;
+        cmd!(
+            sh,
+            "cargo run --quiet --locked --release -p capsem-builder -- keygen --public-key {public} --secret-key {key}"
+        )
+        .run()?;
+    }
+    eprintln!("signing with the local development key {key} (not for release: set CAPSEM_SIGNING_KEY)");
+    Ok((key, public))
+}
+
+/// Builds DIR twice into fresh directories and compares every file. Each build gets its own
+/// empty kernel cache unless `--shared-kernel-cache`, so the kernel is rebuilt too.
+fn repro(sh: &Shell, rest: &[&str]) -> Result<()> {
+    let shared = rest.contains(&"--shared-kernel-cache");
+    let dir = rest.iter().copied().find(|a| !a.starts_with("--")).unwrap_or("images/default");
+    deps::ensure_build_deps(sh)?;
+    let _ca = trust_host_ca(sh);
+    let (key, _) = signing_key(sh)?;
+    let root = "target/repro";
+    sh.remove_path(root)?;
+    for run in ["a", "b"] {
+        let out = format!("{root}/{run}");
+        let cache = format!("{root}/cache-{run}");
+        let _cache = (!shared).then(|| sh.push_env("CAPSEM_CACHE_DIR", &cache));
+        step(&format!("build {run}: capsem-builder build {dir} --output {out}"));
+        cmd!(
+            sh,
+            "cargo run --quiet --locked --release -p capsem-builder -- build {dir} --output {out} --sign-key {key}"
+        )
+        .ignore_stdout()
+        .run()?;
+    }
+    step(&format!("compare {root}/a {root}/b"));
+    cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- compare {root}/a {root}/b")
+        .run()
+        .context("the two builds differ (listed above): not reproducible")?;
+    eprintln!("\nrepro: both builds of {dir} are byte-identical (every asset, manifest.json, its signature, B3SUMS)");
+    Ok(())
+}
+
 /// Benchmarks: each is a release-mode example of the crate that owns the code under test.
-const BENCHES: &[(&str, &str, &str)] = &[("squashfs", "capsem-builder", "bench_squashfs")];
+const BENCHES: &[(&str, &str, &str)] =
+    &[("squashfs", "capsem-builder", "bench_squashfs"), ("hash", "capsem-trust", "bench_hash")];
 
 fn bench(sh: &Shell, names: &[&str]) -> Result<()> {
     let selected: Vec<&(&str, &str, &str)> = if names.is_empty() {
@@ -119,7 +193,10 @@ fn bench(sh: &Shell, names: &[&str]) -> Result<()> {
         names
             .iter()
             .map(|n| {
-                BENCHES.iter().find(|(b, ..)| b == n).with_context(|| format!("unknown bench `{n}`; known: squashfs"))
+                BENCHES
+                    .iter()
+                    .find(|(b, ..)| b == n)
+                    .with_context(|| format!("unknown bench `{n}`; known: squashfs, hash"))
             })
             .collect::<Result<_>>()?
     };

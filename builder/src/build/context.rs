@@ -70,6 +70,8 @@ pub struct Inputs<'a> {
     pub guest_binaries: &'a [(String, PathBuf)],
     /// The image's `artifacts/` directory, when it exists.
     pub artifacts: Option<&'a Path>,
+    /// Other files, by path in the context (e.g. the kernel's `kernel/defconfig.x86_64`).
+    pub files: &'a [(&'a str, &'a [u8])],
     /// mtime of every entry.
     pub mtime: u64,
 }
@@ -97,6 +99,14 @@ pub fn assemble(inputs: &Inputs<'_>) -> Result<Vec<u8>, ContextError> {
     if let Some(dir) = inputs.artifacts {
         entries.insert("artifacts".into(), Entry::Dir);
         walk(dir, "artifacts", &mut entries)?;
+    }
+    for (path, data) in inputs.files {
+        let mut parent = String::new();
+        for part in path.split('/').collect::<Vec<_>>().split_last().map(|(_, dirs)| dirs).unwrap_or_default() {
+            parent = if parent.is_empty() { (*part).to_owned() } else { format!("{parent}/{part}") };
+            entries.entry(parent.clone()).or_insert(Entry::Dir);
+        }
+        entries.insert((*path).to_owned(), Entry::File { data: data.to_vec(), mode: 0o644 });
     }
 
     let mut tar = tar::Builder::new(Vec::new());
@@ -267,6 +277,7 @@ mod tests {
                 extra_ca: Some(b"PEM"),
                 guest_binaries: &[],
                 artifacts: Some(&art),
+                files: &[("kernel/defconfig.x86_64", b"CONFIG_X=y\n")],
                 mtime: 1_700_000_000,
             })
             .unwrap()
@@ -305,7 +316,8 @@ mod tests {
         let art = d.path().join("artifacts");
         fs::create_dir(&art).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", art.join("passwd")).unwrap();
-        let inputs = Inputs { dockerfile: "", extra_ca: None, guest_binaries: &[], artifacts: Some(&art), mtime: 0 };
+        let inputs =
+            Inputs { dockerfile: "", extra_ca: None, guest_binaries: &[], artifacts: Some(&art), files: &[], mtime: 0 };
         let e = assemble(&inputs).unwrap_err();
         assert!(matches!(e, ContextError::Unsupported { kind: "symlink", .. }), "{e}");
 

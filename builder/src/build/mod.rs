@@ -29,13 +29,15 @@
 mod base;
 mod context;
 mod export;
+pub mod kernel;
+pub mod release;
 pub mod sde;
+mod session;
 mod stale;
 
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures_util::FutureExt;
@@ -46,15 +48,18 @@ pub use context::ContextError;
 pub use sde::{SdeError, SdeSource};
 pub use stale::{Journal, Reaped, RunId};
 
-use crate::engine::{BuildEvent, BuildLog, BuildRequest, Endpoint, Engine, EngineError, Progress, ProgressMode};
+use crate::engine::{Endpoint, EngineError, ProgressMode};
 use crate::model::{Arch, Model};
 use crate::render::RenderError;
 use crate::rootfs::{self, RootfsError, SquashOptions};
+use session::Session;
 
 /// Environment variable naming an extra CA file for the build.
 pub const CA_FILE_ENV: &str = "CAPSEM_BUILD_CA_FILE";
 /// Environment variable overriding the Debian security mirror of bootstrap bases.
 pub const SECURITY_MIRROR_ENV: &str = "CAPSEM_BUILD_SECURITY_MIRROR";
+/// Environment variable naming the build cache directory (built kernels).
+pub const CACHE_DIR_ENV: &str = "CAPSEM_CACHE_DIR";
 /// Name of the image file inside `<out>/<arch>/`.
 pub const ROOTFS_FILE: &str = "rootfs.squashfs";
 /// Name of the build log saved next to it when the engine build fails.
@@ -79,6 +84,9 @@ pub struct BuildOptions {
     pub threads: usize,
     /// Where run journals live; default `$XDG_STATE_HOME/capsem-builder/runs`.
     pub state_dir: Option<PathBuf>,
+    /// Where built kernels are cached by content hash; default `$CAPSEM_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/capsem-builder`, else `~/.cache/capsem-builder`.
+    pub cache_dir: Option<PathBuf>,
     /// Engine endpoint; default `DOCKER_HOST`, else the default socket.
     pub endpoint: Option<Endpoint>,
     /// Keep the built image (for inspection) instead of removing it. It keeps this run's labels,
@@ -99,11 +107,18 @@ impl BuildOptions {
             .map(PathBuf::from)
             .or_else(|| nonempty("HOME").map(|h| PathBuf::from(h).join(".local/state")))
             .map(|d| d.join("capsem-builder/runs"));
+        let cache_dir = nonempty(CACHE_DIR_ENV).map(PathBuf::from).or_else(|| {
+            nonempty("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| nonempty("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|d| d.join("capsem-builder"))
+        });
         Self {
             source_date_epoch_env: nonempty("SOURCE_DATE_EPOCH"),
             extra_ca_file: nonempty(CA_FILE_ENV).map(PathBuf::from),
             security_mirror: nonempty(SECURITY_MIRROR_ENV).map(|v| v.to_string_lossy().into_owned()),
             state_dir,
+            cache_dir,
             ..Self::default()
         }
     }
@@ -319,6 +334,7 @@ pub fn build_rootfs(
         extra_ca: ca_pem.as_deref(),
         guest_binaries: &guest,
         artifacts: artifacts.is_dir().then_some(artifacts.as_path()),
+        files: &[],
         mtime: sde,
     })?;
     let out_arch_dir = out_dir.join(arch.as_str());
@@ -350,15 +366,7 @@ pub fn build_rootfs(
         opts,
         state_dir,
     };
-    let result = std::thread::scope(|s| {
-        let worker = s.spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|source| {
-                BuildError::Io { op: "starting the async runtime for", path: job.out.clone(), source }
-            })?;
-            runtime.block_on(run(&job))
-        });
-        worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    });
+    let result = session::block_on(&job.out, run(&job));
     result.map(|mut outcome| {
         outcome.timings.total = started.elapsed().as_secs_f64();
         outcome
@@ -405,92 +413,28 @@ fn extra_ca(
     Ok((Some(pem), paths))
 }
 
-/// Engine objects this run created, removed at the end whatever happened.
-#[derive(Debug, Default)]
-struct Resources {
-    containers: Vec<String>,
-    images: Vec<String>,
-}
-
-impl Resources {
-    async fn cleanup(&mut self, engine: &Engine) -> Vec<String> {
-        let mut warnings = Vec::new();
-        for id in self.containers.drain(..) {
-            if let Err(e) = engine.remove_container(&id).await {
-                warnings.push(e.to_string());
-            }
-        }
-        for image in self.images.drain(..) {
-            if let Err(e) = engine.remove_image(&image, true).await {
-                warnings.push(e.to_string());
-            }
-        }
-        warnings
-    }
-}
-
-/// Distinguishes builds of one process.
-static NEXT_BUILD: AtomicU64 = AtomicU64::new(0);
-
 async fn run(job: &Job<'_>) -> Result<RootfsOutcome, BuildError> {
-    let mut progress = Progress::new(job.opts.progress);
-    let t = Instant::now();
-    let engine = match &job.opts.endpoint {
-        Some(e) => Engine::connect(e.clone()).await?,
-        None => Engine::connect_default().await?,
-    };
-    let engine_text = format!("{} (API {})", engine.endpoint(), engine.api_version());
-    progress.message(&format!("rootfs {}: engine {engine_text}", job.arch));
-    let me = RunId::current();
-    let stale_removed = match stale::reap(&engine, &job.state_dir, &me).await {
-        Ok(r) => r,
-        Err(e) => Reaped { warnings: vec![format!("removing leftovers of killed runs: {e}")], ..Reaped::default() },
-    };
-    if !stale_removed.containers.is_empty() || !stale_removed.images.is_empty() {
-        progress.message(&format!(
-            "removed leftovers of killed runs: {} containers, {} images",
-            stale_removed.containers.len(),
-            stale_removed.images.len()
-        ));
-    }
-    let mut journal = stale::Journal::create(&job.state_dir, &me).ok();
-    let prepare = t.elapsed().as_secs_f64();
-
-    let mut resources = Resources::default();
-    let phases = std::panic::AssertUnwindSafe(phases(job, &engine, &me, &mut resources, &mut journal, &mut progress));
-    let result = phases.catch_unwind().await;
-    let t = Instant::now();
-    let cleanup_warnings = resources.cleanup(&engine).await;
-    let cleanup = t.elapsed().as_secs_f64();
-    if let Some(j) = journal.filter(|_| cleanup_warnings.is_empty()) {
-        j.finish();
-    }
+    let mut session = Session::open(job.opts, &job.state_dir, &format!("rootfs {}", job.arch)).await?;
+    let result = std::panic::AssertUnwindSafe(phases(job, &mut session)).catch_unwind().await;
+    let (engine, stale_removed, prepare) =
+        (session.engine_text.clone(), std::mem::take(&mut session.stale_removed), session.prepare);
+    let closed = session.close().await;
     let mut outcome = match result {
         Ok(r) => r?,
         Err(panic) => std::panic::resume_unwind(panic),
     };
-    for w in &cleanup_warnings {
-        progress.message(&format!("warning: clean-up: {w}"));
-    }
-    outcome.engine = engine_text;
+    outcome.engine = engine;
     outcome.stale_removed = stale_removed;
-    outcome.cleanup_warnings = cleanup_warnings;
+    outcome.cleanup_warnings = closed.warnings;
     outcome.timings.prepare = prepare;
-    outcome.timings.cleanup = cleanup;
+    outcome.timings.cleanup = closed.seconds;
     Ok(outcome)
 }
 
-async fn phases(
-    job: &Job<'_>,
-    engine: &Engine,
-    me: &RunId,
-    resources: &mut Resources,
-    journal: &mut Option<stale::Journal>,
-    progress: &mut Progress,
-) -> Result<RootfsOutcome, BuildError> {
+async fn phases(job: &Job<'_>, session: &mut Session<'_>) -> Result<RootfsOutcome, BuildError> {
     let arch = job.arch;
     let t = Instant::now();
-    let work = stale::work_dir(me);
+    let work = stale::work_dir(&session.me);
     let request = base::BaseRequest {
         base: &job.plan.base,
         arch,
@@ -499,69 +443,42 @@ async fn phases(
         security_override: job.opts.security_mirror.as_deref(),
         work: &work,
     };
-    let base = base::ensure(engine, &request, progress).await?;
+    let base = base::ensure(&session.engine, &request, &mut session.progress).await?;
     let base_time = t.elapsed().as_secs_f64();
 
     // Build.
     let t = Instant::now();
-    let n = NEXT_BUILD.fetch_add(1, Ordering::Relaxed);
-    let tag = format!("capsem-rootfs-{}:{}-{n}", arch.as_str(), me.token());
-    if !job.opts.keep_image {
-        resources.images.push(tag.clone());
-    }
-    if let Some(j) = journal.as_mut() {
-        j.record("image", &tag);
-    }
-    let request = BuildRequest {
-        tag: tag.clone(),
-        platform: Some(job.plan.platform.clone()),
-        build_args: [("SOURCE_DATE_EPOCH".to_owned(), job.sde.to_string())].into(),
-        labels: me.labels(),
-        network_mode: job.opts.network_mode.clone(),
-        no_cache: true,
-    };
-    progress.message(&format!("build: {tag} from {} ({} KiB context)", base.reference, job.context.len() >> 10));
-    let mut log = BuildLog::new();
-    let mut intermediates = Vec::new();
-    let mut on_event = |event: &BuildEvent| {
-        if let BuildEvent::Image(id) = event {
-            intermediates.push(id.clone());
-        }
-        if let Some(j) = journal.as_mut() {
-            match event {
-                BuildEvent::Container(id) => j.record("container", id),
-                BuildEvent::Image(id) => j.record("image", id),
-            }
-        }
-    };
-    let built = engine.build_image(job.context.clone(), &request, &mut log, progress, &mut on_event).await;
-    if !job.opts.keep_image {
-        // Removing the tag prunes the whole chain; after a failed step there is no tag, and the
-        // steps that did succeed left these images behind.
-        resources.images.extend(intermediates.into_iter().rev());
-    }
-    if let Err(source) = built {
-        let log_path = job.out_arch_dir.join(BUILD_LOG_FILE);
-        let saved = save_log(&log_path, log.lines()).then_some(log_path);
-        return Err(BuildError::Build { source, log: saved });
-    }
+    let tag = session.new_tag(&format!("capsem-rootfs-{}", arch.as_str()));
+    session.progress.message(&format!(
+        "build: {tag} from {} ({} KiB context)",
+        base.reference,
+        job.context.len() >> 10
+    ));
+    let log_path = job.out_arch_dir.join(BUILD_LOG_FILE);
+    session.build(job.context.clone(), &tag, &job.plan.platform, job.sde, job.opts.keep_image, &log_path).await?;
     let build_time = t.elapsed().as_secs_f64();
 
     // Export into squashfs.
     let t = Instant::now();
-    let name = format!("capsem-export-{}-{}-{n}", arch.as_str(), me.token());
-    let container = engine.create_container(&tag, &name, &me.labels()).await?;
-    resources.containers.push(container.clone());
-    if let Some(j) = journal.as_mut() {
-        j.record("container", &container);
-    }
-    progress.message(&format!("export: container {} → {}", crate::engine::short_id(&container), job.out.display()));
-    let report =
-        export::container_to_squashfs(engine, &container, job.out.clone(), job.squash.clone(), progress).await?;
+    let name = tag.replace(['/', ':'], "-").replacen("capsem-rootfs-", "capsem-export-", 1);
+    let container = session.create_container(&tag, &name).await?;
+    session.progress.message(&format!(
+        "export: container {} → {}",
+        crate::engine::short_id(&container),
+        job.out.display()
+    ));
+    let report = export::container_to_squashfs(
+        &session.engine,
+        &container,
+        job.out.clone(),
+        job.squash.clone(),
+        &mut session.progress,
+    )
+    .await?;
     let export_time = t.elapsed().as_secs_f64();
 
     let (size, blake3) = hash_file(&job.out)?;
-    progress.message(&format!("done: {} ({} MiB, blake3 {blake3})", job.out.display(), size >> 20));
+    session.progress.message(&format!("done: {} ({} MiB, blake3 {blake3})", job.out.display(), size >> 20));
     Ok(RootfsOutcome {
         image: job.model.image.name.clone(),
         arch,
@@ -586,7 +503,7 @@ async fn phases(
 }
 
 /// Size and BLAKE3 of a file.
-fn hash_file(path: &Path) -> Result<(u64, String), BuildError> {
+pub(crate) fn hash_file(path: &Path) -> Result<(u64, String), BuildError> {
     let io = |source| BuildError::Io { op: "hashing", path: path.to_path_buf(), source };
     let mut file = fs::File::open(path).map_err(io)?;
     let mut hasher = blake3::Hasher::new();
@@ -595,7 +512,7 @@ fn hash_file(path: &Path) -> Result<(u64, String), BuildError> {
 }
 
 /// Writes the full build log (via a temporary name). Returns whether it was written.
-fn save_log(path: &Path, lines: &[String]) -> bool {
+pub(crate) fn save_log(path: &Path, lines: &[String]) -> bool {
     let tmp = path.with_extension(format!("log.tmp-{}", std::process::id()));
     let mut text = lines.join("\n");
     text.push('\n');
@@ -627,6 +544,7 @@ mod tests {
         assert_eq!(o.extra_ca_file.as_deref(), Some(Path::new("/etc/ssl/certs/ca-certificates.crt")));
         assert_eq!(o.security_mirror.as_deref(), Some("none"));
         assert_eq!(o.state_dir.as_deref(), Some(Path::new("/home/u/.local/state/capsem-builder/runs")));
+        assert_eq!(o.cache_dir.as_deref(), Some(Path::new("/home/u/.cache/capsem-builder")));
         let none = BuildOptions::from_vars(|_| None);
         assert!(none.extra_ca_file.is_none() && none.source_date_epoch_env.is_none() && none.state_dir.is_none());
     }

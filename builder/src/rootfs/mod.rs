@@ -95,6 +95,14 @@ mod squashfs;
 mod tests;
 mod xattr;
 
+/// The backhand version that writes our images (pinned with `=` in builder/Cargo.toml).
+pub const BACKHAND_VERSION: &str = "0.25.5";
+
+/// Version of the zstd library compressing squashfs blocks and the initrd, e.g. `1.5.7`.
+pub fn zstd_version() -> String {
+    zstd::zstd_safe::version_string().to_owned()
+}
+
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
