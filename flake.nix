@@ -45,7 +45,9 @@
           doCheck = false;
         };
 
-        # The kernel source the image's kernel/ descriptor pins, from nixpkgs.
+        # nixpkgs' Linux 6.1 source at the pinned revision, for kernel work in a Nix shell. The
+        # builder does not use it: it builds from kernel/linux-6.1.toml, whose `upstream`
+        # provider pins 6.1.159 by the sha256 nixpkgs records for that release.
         kernel-source = pkgs.linux_6_1.src;
 
         # `nix run .#image` builds images/default exactly like `cargo xtask image build`.

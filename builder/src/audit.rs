@@ -17,8 +17,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
+use std::fs::{self, File};
+use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 
 use capsem_trust::manifest::{
@@ -759,15 +759,7 @@ pub fn write_manifest(assets: &Path, manifest: &Manifest) -> Result<Written, Aud
     if fs::read(&path).is_ok_and(|old| old == bytes) {
         return Ok(Written::Unchanged);
     }
-    let tmp = assets.join(format!(".{MANIFEST_FILE}.tmp-{}", std::process::id()));
-    let mut guard = TempFile { path: &tmp, armed: true };
-    let mut file =
-        OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io_err("create", &tmp))?;
-    file.write_all(&bytes).map_err(io_err("write", &tmp))?;
-    file.sync_all().map_err(io_err("sync", &tmp))?;
-    drop(file);
-    fs::rename(&tmp, &path).map_err(io_err("rename into place", &tmp))?;
-    guard.armed = false;
+    capsem_trust::atomic::write(&path, &bytes).map_err(io_err("write", &path))?;
     let sig = assets.join(SIGNATURE_FILE);
     let signature_removed = match fs::remove_file(&sig) {
         Ok(()) => true,
@@ -775,23 +767,9 @@ pub fn write_manifest(assets: &Path, manifest: &Manifest) -> Result<Written, Aud
         Err(e) => return Err(io_err("remove the stale signature", &sig)(e)),
     };
     if let Ok(dir) = File::open(assets) {
-        let _ = dir.sync_all();
+        let _ = dir.sync_all(); // the signature's removal
     }
     Ok(Written::Rewritten { signature_removed })
-}
-
-/// Removes a temporary file on drop while armed (an error or panic before the rename).
-struct TempFile<'a> {
-    path: &'a Path,
-    armed: bool,
-}
-
-impl Drop for TempFile<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = fs::remove_file(self.path);
-        }
-    }
 }
 
 #[cfg(test)]

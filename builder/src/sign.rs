@@ -14,9 +14,8 @@
 //! Files are written atomically (temporary file in the same directory, fsync, rename); the
 //! secret key is created with mode 0600.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -318,27 +317,16 @@ pub fn keygen_with(
     Ok(GeneratedKey { key_id: key.key_id(), public_key: pk_line, encrypted: password.is_some() })
 }
 
-/// Writes `bytes` to a new temporary file (mode `mode`) next to `path`, fsyncs it, then moves it
-/// into place: renaming over an existing file when `overwrite`, else linking, which fails if
-/// `path` appeared meanwhile.
+/// Writes `bytes` atomically with `mode`: over an existing file when `overwrite`, else failing
+/// with [`SignError::Exists`] if `path` exists (also if it appears meanwhile).
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32, overwrite: bool) -> Result<(), SignError> {
-    let werr = |source| SignError::Write { path: path.to_path_buf(), source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| werr(io::Error::new(io::ErrorKind::InvalidInput, "not a file path")))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let result = (|| {
-        let mut f: File = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        if overwrite { fs::rename(&tmp, path) } else { fs::hard_link(&tmp, path).and_then(|()| fs::remove_file(&tmp)) }
-    })();
-    result.map_err(|source| {
-        let _ = fs::remove_file(&tmp);
+    use capsem_trust::atomic;
+    let replace = if overwrite { atomic::Replace::Always } else { atomic::Replace::Never };
+    atomic::write_with(path, mode, replace, |f| f.write_all(bytes)).map_err(|source| {
         if source.kind() == io::ErrorKind::AlreadyExists {
             SignError::Exists { path: path.to_path_buf() }
         } else {
-            werr(source)
+            SignError::Write { path: path.to_path_buf(), source }
         }
     })
 }

@@ -40,7 +40,7 @@
 
 use std::path::{Path, PathBuf};
 
-use capsem_builder::{inspect, plan, render, settings, validate};
+use capsem_builder::{inspect, kernel_source, plan, render, settings, validate};
 
 /// Separator between files in one input.
 pub const SEP: &[u8] = b"\n%%";
@@ -256,8 +256,12 @@ pub fn exercise(dir: &Path) {
             // main.rs `expect`s these too, so a `None` would be a CLI panic.
             let rootfs = plan::rootfs(model, arch, &[], sde).expect("declared arch has a rootfs plan");
             let _ = render::render_rootfs(&rootfs);
-            let kernel = plan::kernel(model, arch, sde).expect("declared arch has a kernel plan");
-            let _ = render::render_kernel(&kernel);
+            // An unpinned kernel branch is an error the CLI reports, not a panic.
+            let branch = &model.build.architectures[&arch].kernel_branch;
+            if let Ok(source) = kernel_source::resolve(branch, kernel_source::Provider::Debian) {
+                let kernel = plan::kernel(model, arch, sde, &source).expect("declared arch has a kernel plan");
+                let _ = render::render_kernel(&kernel);
+            }
         }
     }
 }

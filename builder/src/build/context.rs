@@ -297,7 +297,9 @@ mod tests {
                 "artifacts/diagnostics/",
                 "artifacts/diagnostics/capsem-doctor",
                 "artifacts/diagnostics/test_a.py",
-                "extra-ca.crt"
+                "extra-ca.crt",
+                "kernel/",
+                "kernel/defconfig.x86_64"
             ]
         );
         for (path, mode, mtime, uid, gid) in &list {

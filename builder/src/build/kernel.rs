@@ -317,14 +317,10 @@ fn read(path: &Path) -> Result<Vec<u8>, BuildError> {
 
 /// Copies via a temporary file in the target's directory, then renames.
 pub(crate) fn copy_atomic(from: &Path, to: &Path) -> Result<(), BuildError> {
-    let dir = to.parent().unwrap_or(Path::new("."));
-    let name = to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result =
-        fs::copy(from, &tmp).and_then(|_| fs::File::open(&tmp)?.sync_all()).and_then(|()| fs::rename(&tmp, to));
-    result.map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        BuildError::Io { op: "writing", path: to.to_path_buf(), source }
+    capsem_trust::atomic::copy(from, to).map_err(|source| BuildError::Io {
+        op: "writing",
+        path: to.to_path_buf(),
+        source,
     })
 }
 

@@ -369,10 +369,7 @@ pub fn merge_releases(inputs: &[PathBuf], out: &Path, sign_key: Option<&Path>) -
     let manifest_path = out.join(manifest::MANIFEST_FILE);
     let signature = out.join(manifest::SIGNATURE_FILE);
     let _ = fs::remove_file(&signature);
-    let tmp = out.join(format!(".{}.tmp-{}", manifest::MANIFEST_FILE, std::process::id()));
-    fs::write(&tmp, m.to_json())
-        .and_then(|()| fs::rename(&tmp, &manifest_path))
-        .map_err(io("writing", &manifest_path))?;
+    capsem_trust::atomic::write(&manifest_path, &m.to_json()).map_err(io("writing", &manifest_path))?;
     if let Some(key) = sign_key {
         crate::sign::sign_file(&manifest_path, key).map_err(|e| ReleaseError::Sign(e.to_string()))?;
     }

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -245,21 +245,8 @@ pub fn write_b3sums(dir: &Path, files: &[String]) -> Result<(PathBuf, Vec<Entry>
     Ok((path, entries))
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, then renames it.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), B3Error> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        B3Error::Write { path: path.to_path_buf(), source }
-    })
+    crate::atomic::write(path, bytes).map_err(|source| B3Error::Write { path: path.to_path_buf(), source })
 }
 
 /// Reads and parses `dir/B3SUMS`.

@@ -8,6 +8,7 @@
 //! - [`release`]: verification of a whole release directory, every check reported.
 #![forbid(unsafe_code)]
 
+pub mod atomic;
 pub mod b3sums;
 pub mod manifest;
 pub mod release;
