@@ -266,9 +266,52 @@ pub fn exercise(dir: &Path) {
     }
 }
 
+/// The release files a runtime downloads, which an attacker may have replaced: the first byte
+/// picks the parser, the rest is the file. `B3SUMS` (and checking it against files that are not
+/// there), a public key, a signature over fixed data, and `manifest.json`. None may panic.
+pub fn trust_files(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else { return };
+    let text = String::from_utf8_lossy(rest);
+    match which % 4 {
+        0 => {
+            if let Ok(entries) = capsem_trust::b3sums::parse(&text) {
+                let _ = capsem_trust::b3sums::render(&entries);
+            }
+        }
+        1 => {
+            if let Ok(key) = capsem_trust::signature::PublicKey::parse(&text) {
+                let _ = key.key_id().to_string();
+            }
+        }
+        2 => {
+            // A fixed, valid key: the signature text is the hostile part.
+            let key = capsem_trust::signature::PublicKey::parse(FUZZ_PUBLIC_KEY).expect("the fixed key parses");
+            let _ = capsem_trust::signature::verify(b"capsem", &text, &key);
+        }
+        _ => {
+            if let Ok(m) = capsem_trust::Manifest::parse(rest) {
+                let _ = capsem_trust::b3sums::release_files(&m);
+                let _ = m.to_json();
+            }
+        }
+    }
+}
+
+/// A minisign public key made for this harness (`minisign -G -W`; the secret half was deleted).
+const FUZZ_PUBLIC_KEY: &str = "RWTOWFHvi4yJBeyCR1iBEGCNtwani2EZMdWXygz/nI5xcte4mibRalHF";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trust_files_handles_each_parser_and_garbage() {
+        let sums = format!("0{}  x86_64/vmlinuz\n", "a".repeat(64));
+        for input in [&b""[..], b"\x00", sums.as_bytes(), b"1untrusted comment: x\nRWQ", b"2\xff\xfe", b"3{\"format\":1}"] {
+            trust_files(input);
+        }
+        trust_files(format!("1{FUZZ_PUBLIC_KEY}").as_bytes());
+    }
 
     fn paths(img: &Image<'_>) -> Vec<(String, String)> {
         img.files.iter().map(|f| (f.path.clone(), String::from_utf8_lossy(f.bytes).into_owned())).collect()

@@ -562,3 +562,141 @@ fn keep_logs(staging: &Path, out: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capsem_trust::signature::PublicKey;
+
+    /// A single-architecture release of made-up files, as `build --arch` writes it (unsigned).
+    fn part(root: &Path, arch: &str, version: &str) -> PathBuf {
+        let dir = root.join(format!("out-{arch}"));
+        fs::create_dir_all(dir.join(arch)).unwrap();
+        let mut assets = Vec::new();
+        for name in [INITRD_FILE, super::super::ROOTFS_FILE, kernel::VMLINUZ_FILE, SBOM_FILE] {
+            let path = dir.join(arch).join(name);
+            fs::write(&path, format!("{arch} {name}")).unwrap();
+            let (size, b3) = capsem_trust::b3sums::hash_file(&path).unwrap();
+            assets.push(Asset { filename: name.to_owned(), size, b3 });
+        }
+        let sbom = assets.pop().unwrap();
+        let inputs = Inputs {
+            image_definition_b3: "d".repeat(64),
+            base: BTreeMap::new(),
+            kernel_source: BTreeMap::new(),
+            defconfig_b3: String::new(),
+            kernel_config_b3: String::new(),
+            dockerfiles_b3: BTreeMap::new(),
+            toolchain: BTreeMap::new(),
+        };
+        let entry = ArchEntry {
+            arch: arch.to_owned(),
+            assets,
+            sbom,
+            packages: Vec::new(),
+            vulnerabilities: Vec::new(),
+            audited: None,
+            inputs,
+        };
+        let m = Manifest {
+            format: manifest::FORMAT,
+            name: "img".into(),
+            version: version.into(),
+            build_timestamp: manifest::rfc3339(1_700_000_000),
+            source_date_epoch: 1_700_000_000,
+            builder: BuilderInfo { version: "0".into(), backhand: "0.25.5".into(), zstd: "1.5.7".into() },
+            architectures: vec![entry],
+        };
+        fs::write(dir.join(manifest::MANIFEST_FILE), m.to_json()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn merge_writes_one_signed_manifest_for_every_architecture() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (public, secret) = (tmp.path().join("k.pub"), tmp.path().join("k.key"));
+        crate::sign::keygen_with(&public, &secret, false, None).unwrap();
+        let parts = vec![part(tmp.path(), "x86_64", "1.0.0"), part(tmp.path(), "arm64", "1.0.0")];
+        let out = tmp.path().join("assets");
+        let manifest_path = merge_releases(&parts, &out, Some(&secret)).unwrap();
+        let m = Manifest::parse(&fs::read(&manifest_path).unwrap()).unwrap();
+        let archs: Vec<&str> = m.architectures.iter().map(|a| a.arch.as_str()).collect();
+        assert_eq!(archs, ["arm64", "x86_64"], "sorted, whatever the input order");
+        let key = PublicKey::from_file(&public).unwrap();
+        let report = capsem_trust::release::verify_release(&out, &key);
+        assert!(report.passed(), "{:?}", report.first_failure());
+
+        // Merging again gives the same bytes (the signature included).
+        let again = tmp.path().join("again");
+        merge_releases(&[parts[1].clone(), parts[0].clone()], &again, Some(&secret)).unwrap();
+        for f in [manifest::MANIFEST_FILE, manifest::SIGNATURE_FILE, manifest::B3SUMS_FILE] {
+            assert_eq!(fs::read(out.join(f)).unwrap(), fs::read(again.join(f)).unwrap(), "{f}");
+        }
+    }
+
+    #[test]
+    fn merge_refuses_mismatched_duplicate_or_damaged_parts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let x86 = part(tmp.path(), "x86_64", "1.0.0");
+        let other = tmp.path().join("other");
+        fs::create_dir_all(&other).unwrap();
+        let arm_other_version = part(&other, "arm64", "2.0.0");
+        let err = merge_releases(&[x86.clone(), arm_other_version], &tmp.path().join("a"), None).unwrap_err();
+        assert!(err.to_string().contains("another image, version"), "{err}");
+
+        let err = merge_releases(&[x86.clone(), x86.clone()], &tmp.path().join("b"), None).unwrap_err();
+        assert!(err.to_string().contains("x86_64 is in both"), "{err}");
+
+        fs::write(x86.join("x86_64/vmlinuz"), b"tampered").unwrap();
+        let err = merge_releases(&[x86], &tmp.path().join("c"), None).unwrap_err();
+        assert!(
+            err.to_string().contains("does not match its manifest") && err.to_string().contains("vmlinuz"),
+            "{err}"
+        );
+        assert!(!tmp.path().join("c/manifest.json").exists());
+    }
+
+    #[test]
+    fn the_definition_hash_covers_config_and_artifacts_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        fs::create_dir_all(d.join("config/kernel")).unwrap();
+        fs::create_dir_all(d.join("artifacts")).unwrap();
+        fs::write(d.join("config/build.toml"), "[build]\n").unwrap();
+        fs::write(d.join("config/kernel/defconfig.x86_64"), "CONFIG_X=y\n").unwrap();
+        fs::write(d.join("artifacts/capsem-init"), "#!/bin/sh\n").unwrap();
+        let first = definition_hash(d).unwrap();
+        fs::create_dir_all(d.join("assets")).unwrap();
+        fs::write(d.join("assets/manifest.json"), "{}").unwrap();
+        assert_eq!(definition_hash(d).unwrap(), first, "outputs are not inputs");
+        fs::write(d.join("config/kernel/defconfig.x86_64"), "CONFIG_X=n\n").unwrap();
+        assert_ne!(definition_hash(d).unwrap(), first);
+    }
+
+    #[test]
+    fn staging_of_dead_runs_is_removed_and_ours_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Linux pids stay below 2^22, so this one is never alive.
+        let dead = tmp.path().join(".build-4294967");
+        let mine = tmp.path().join(format!(".build-{}", std::process::id()));
+        let unrelated = tmp.path().join(".build-notapid");
+        for d in [&dead, &mine, &unrelated] {
+            fs::create_dir_all(d.join("x86_64")).unwrap();
+        }
+        remove_dead_staging(tmp.path());
+        assert!(!dead.exists() && mine.exists() && unrelated.exists());
+    }
+
+    #[test]
+    fn only_foreign_architectures_without_emulation_are_unbuildable() {
+        let host = Arch::host().expect("tests run on x86_64 or arm64");
+        assert_eq!(unbuildable_reason(host), None);
+        let foreign = if host == Arch::X86_64 { Arch::Arm64 } else { Arch::X86_64 };
+        let handler = if foreign == Arch::Arm64 { "qemu-aarch64" } else { "qemu-x86_64" };
+        let registered = Path::new("/proc/sys/fs/binfmt_misc").join(handler).exists();
+        match unbuildable_reason(foreign) {
+            Some(reason) => assert!(!registered && reason.contains(handler) && reason.contains("native"), "{reason}"),
+            None => assert!(registered),
+        }
+    }
+}
