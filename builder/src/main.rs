@@ -92,7 +92,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Build boot assets (use --dry-run to print the rendered Dockerfiles).
+    /// Build the signed release: kernel, initrd, rootfs, manifest, B3SUMS, SBOM, signature.
+    ///
+    /// Every architecture in build.toml that this host can build (others are reported), or
+    /// `--arch`. `--template` builds only some assets (no manifest); `--dry-run` prints the
+    /// rendered Dockerfiles.
     Build {
         /// Image directory.
         #[arg(default_value = ".")]
@@ -116,18 +120,20 @@ enum Command {
         #[arg(long)]
         network: Option<String>,
         /// Where the kernel source comes from: `debian` (linux-source package) or `upstream`
-        /// (kernel.org tarball); both pinned by sha256 in kernel/. Env: CAPSEM_KERNEL_SOURCE.
+        /// (kernel.org tarball); both pinned by sha256 in kernel/.
         #[arg(long, env = "CAPSEM_KERNEL_SOURCE", default_value = "debian")]
         kernel_source: capsem_builder::kernel_source::Provider,
-        /// minisign secret key that signs manifest.json. Env: CAPSEM_SIGNING_KEY.
+        /// minisign secret key that signs manifest.json; without one the manifest stays unsigned.
         #[arg(long, env = "CAPSEM_SIGNING_KEY")]
         sign_key: Option<PathBuf>,
         /// trivy or grype JSON report to audit the bill of materials against (see `audit`).
         #[arg(long)]
         audit_report: Option<PathBuf>,
     },
-    /// Merge per-architecture releases (`build --arch A` on native machines) into one release:
-    /// one manifest for all architectures, B3SUMS, and the signature when given a key.
+    /// Merge per-architecture releases into one signed release.
+    ///
+    /// Each input is a `build --arch A` output from a native machine; the result has one
+    /// manifest for all architectures, B3SUMS, and the signature when given a key.
     Merge {
         /// The per-architecture assets directories.
         #[arg(required = true)]
@@ -135,12 +141,14 @@ enum Command {
         /// The merged assets directory.
         #[arg(long, default_value = "assets")]
         output: PathBuf,
-        /// minisign secret key. Env: CAPSEM_SIGNING_KEY.
+        /// minisign secret key.
         #[arg(long, env = "CAPSEM_SIGNING_KEY")]
         sign_key: Option<PathBuf>,
     },
-    /// Compare two asset directories file by file, naming what differs inside images (exit 1 if
-    /// any file differs). `cargo xtask repro` uses it.
+    /// Compare two asset directories byte for byte (exit 1 if any file differs).
+    ///
+    /// Names what differs inside squashfs and initrd images and JSON files. `cargo xtask repro`
+    /// uses it.
     Compare {
         /// First assets directory.
         a: PathBuf,
@@ -192,8 +200,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Match a vulnerability scanner's report (trivy or grype JSON) to the manifest's bill of
-    /// materials and apply the image's [audit] policy. Exit 0 pass, 1 policy fails, 2 cannot run.
+    /// Audit the bill of materials with a trivy or grype JSON report.
+    ///
+    /// Matches the report to the manifest's packages and applies the image's [audit] policy.
+    /// Exit 0 pass, 1 policy fails, 2 cannot run.
     Audit {
         /// Image directory (its config/build.toml `[audit]` is the policy).
         #[arg(default_value = ".")]
