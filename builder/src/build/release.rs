@@ -469,7 +469,8 @@ fn arch_entry(
             base.insert("components".to_owned(), components.join(" "));
         }
     }
-    base.insert("image_id".to_owned(), r.base.id.clone());
+    // Not the engine's image id: an imported image's id covers its import time, so it differs
+    // between machines for the same bytes; the bootstrap tag is the content hash of its inputs.
     let entry = ArchEntry {
         arch: arch.as_str().to_owned(),
         assets,
