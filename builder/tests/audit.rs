@@ -73,6 +73,7 @@ fn manifest(archs: &[&str]) -> Manifest {
         build_timestamp: manifest::rfc3339(1_767_225_600),
         source_date_epoch: 1_767_225_600,
         builder: BuilderInfo { version: "0.1.0".into(), backhand: "0.25.5".into(), zstd: "1.5.7".into() },
+        settings: asset("defaults.json"),
         architectures: archs
             .iter()
             .map(|a| ArchEntry {

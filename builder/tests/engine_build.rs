@@ -464,6 +464,7 @@ fn small_image_release_is_reproducible_signed_and_checked() {
         "x86_64/initrd.img",
         "x86_64/rootfs.squashfs",
         "x86_64/sbom.cdx.json",
+        "defaults.json",
         "manifest.json",
         "manifest.json.minisig",
         "B3SUMS",
@@ -495,6 +496,9 @@ fn small_image_release_is_reproducible_signed_and_checked() {
     assert!(arch.inputs.toolchain.keys().any(|k| k.starts_with("gcc-")), "{:?}", arch.inputs.toolchain);
     assert!(arch.inputs.toolchain.contains_key("busybox-static"));
     assert_eq!(arch.sbom.b3, hash(&out_a.join("x86_64/sbom.cdx.json")));
+    let settings = std::fs::read_to_string(out_a.join("defaults.json")).unwrap();
+    assert_eq!(settings, capsem_builder::settings::to_json(&model), "the release carries the image's settings");
+    assert_eq!(manifest.settings.b3, hash(&out_a.join("defaults.json")));
 
     // The bill of materials is what the rootfs's own package databases say.
     bom::assert_bom_matches_rootfs(&out_a.join("x86_64/rootfs.squashfs"), &arch.packages);

@@ -70,6 +70,8 @@ fn release(dir: &Path) -> Manifest {
         asset(dir, "x86_64", "vmlinuz", b"kernel bytes"),
     ];
     let sbom = asset(dir, "x86_64", "sbom.cdx.json", b"{\"bomFormat\":\"CycloneDX\"}\n");
+    fs::write(dir.join("defaults.json"), b"{}\n").unwrap();
+    let settings = Asset { filename: "defaults.json".into(), size: 3, b3: blake3::hash(b"{}\n").to_hex().to_string() };
     let manifest = Manifest {
         format: capsem_trust::manifest::FORMAT,
         name: "test".into(),
@@ -77,6 +79,7 @@ fn release(dir: &Path) -> Manifest {
         build_timestamp: capsem_trust::manifest::rfc3339(1_700_000_000),
         source_date_epoch: 1_700_000_000,
         builder: BuilderInfo { version: "0.1.0".into(), backhand: "0.25.5".into(), zstd: "1.5.7".into() },
+        settings,
         architectures: vec![ArchEntry {
             arch: "x86_64".into(),
             assets,
@@ -230,11 +233,14 @@ fn b3sum_checks_our_b3sums_and_we_parse_its_output() {
     let d = t.path();
     let manifest = release(d);
     let files = b3sums::release_files(&manifest);
-    assert_eq!(files, ["x86_64/initrd.img", "x86_64/rootfs.squashfs", "x86_64/sbom.cdx.json", "x86_64/vmlinuz"]);
+    assert_eq!(
+        files,
+        ["defaults.json", "x86_64/initrd.img", "x86_64/rootfs.squashfs", "x86_64/sbom.cdx.json", "x86_64/vmlinuz"]
+    );
 
     let ok = tool("b3sum", &["-c", "B3SUMS"], d);
     assert!(ok.status.success(), "{}{}", text(&ok.stdout), text(&ok.stderr));
-    assert_eq!(text(&ok.stdout).matches(": OK").count(), 4, "{}", text(&ok.stdout));
+    assert_eq!(text(&ok.stdout).matches(": OK").count(), 5, "{}", text(&ok.stdout));
 
     // b3sum's own listing of the same files is byte-identical to ours and parses back.
     let args: Vec<&str> = files.iter().map(String::as_str).collect();
@@ -324,7 +330,7 @@ fn cli_sign_then_verify_a_release() {
     let out = text(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 1 + 1 + 4 + 4, "{out}");
+    assert_eq!(lines.len(), 1 + 1 + 5 + 5, "{out}");
     assert!(lines[0].starts_with("ok   signature manifest.json.minisig: valid ED (prehashed)"), "{out}");
     assert!(lines[1].starts_with("ok   manifest  manifest.json: format 1, image test 1.0.0"), "{out}");
     assert!(out.contains("ok   asset     x86_64/vmlinuz: ok (12 bytes, b3 "), "{out}");
@@ -336,7 +342,7 @@ fn cli_sign_then_verify_a_release() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["passed"], true);
     assert_eq!(v["first_failure"], serde_json::Value::Null);
-    assert_eq!(v["checks"].as_array().unwrap().len(), 10);
+    assert_eq!(v["checks"].as_array().unwrap().len(), 12);
     assert_eq!(v["checks"][0]["kind"], "signature");
     assert_eq!(v["key_id"], SigningKey::load(&d.join("k.key"), None).unwrap().key_id().to_string());
 }
@@ -388,7 +394,7 @@ fn cli_verify_fails_on_each_kind_of_problem() {
     assert!(text(&o.stdout).contains("FAIL b3sums    B3SUMS: missing"), "{}", text(&o.stdout));
 
     // A B3SUMS that leaves out a manifest file.
-    let listed = vec!["x86_64/vmlinuz".to_owned()];
+    let listed = vec!["defaults.json".to_owned(), "x86_64/vmlinuz".to_owned()];
     b3sums::write_b3sums(&rel, &listed).unwrap();
     let o = verify("k.pub");
     assert_eq!(o.status.code(), Some(1));

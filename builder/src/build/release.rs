@@ -261,6 +261,15 @@ fn build_staged(req: &ReleaseRequest<'_>, archs: &[Arch], staging: &Path) -> Res
 
     let sde = built[0].kernel.source_date_epoch;
     entries.sort_by(|a, b| a.arch.cmp(&b.arch));
+    // The boot-time settings (web policy, resources, environment, AI, MCP) the runtime applies.
+    let settings_bytes = crate::settings::to_json(model).into_bytes();
+    let settings_path = req.out_dir.join(manifest::SETTINGS_FILE);
+    capsem_trust::atomic::write(&settings_path, &settings_bytes).map_err(io("writing", &settings_path))?;
+    let settings = Asset {
+        filename: manifest::SETTINGS_FILE.to_owned(),
+        size: settings_bytes.len() as u64,
+        b3: blake3::hash(&settings_bytes).to_hex().to_string(),
+    };
     let manifest = Manifest {
         format: manifest::FORMAT,
         name: model.image.name.clone(),
@@ -272,6 +281,7 @@ fn build_staged(req: &ReleaseRequest<'_>, archs: &[Arch], staging: &Path) -> Res
             backhand: crate::rootfs::BACKHAND_VERSION.to_owned(),
             zstd: crate::rootfs::zstd_version(),
         },
+        settings,
         architectures: entries,
     };
     let bytes = manifest.to_json();
@@ -340,10 +350,11 @@ pub fn merge_releases(inputs: &[PathBuf], out: &Path, sign_key: Option<&Path>) -
                     && acc.name == m.name
                     && acc.version == m.version
                     && acc.source_date_epoch == m.source_date_epoch
-                    && acc.builder == m.builder;
+                    && acc.builder == m.builder
+                    && acc.settings == m.settings;
                 if !same {
                     return Err(merge_err(format!(
-                        "{} was built from another image, version, SOURCE_DATE_EPOCH or builder than {}",
+                        "{} was built from another image, version, SOURCE_DATE_EPOCH, builder or settings than {}",
                         dir.display(),
                         inputs[0].display()
                     )));
@@ -364,6 +375,8 @@ pub fn merge_releases(inputs: &[PathBuf], out: &Path, sign_key: Option<&Path>) -
                 .map_err(|e| merge_err(e.to_string()))?;
         }
     }
+    kernel::copy_atomic(&inputs[0].join(&m.settings.filename), &out.join(&m.settings.filename))
+        .map_err(|e| merge_err(e.to_string()))?;
     let files = capsem_trust::b3sums::release_files(&m);
     capsem_trust::b3sums::write_b3sums(out, &files).map_err(|e| ReleaseError::B3sums(e.to_string()))?;
     let manifest_path = out.join(manifest::MANIFEST_FILE);
@@ -581,6 +594,9 @@ mod tests {
             assets.push(Asset { filename: name.to_owned(), size, b3 });
         }
         let sbom = assets.pop().unwrap();
+        fs::write(dir.join(manifest::SETTINGS_FILE), "{}\n").unwrap();
+        let settings =
+            Asset { filename: manifest::SETTINGS_FILE.into(), size: 3, b3: blake3::hash(b"{}\n").to_hex().to_string() };
         let inputs = Inputs {
             image_definition_b3: "d".repeat(64),
             base: BTreeMap::new(),
@@ -606,6 +622,7 @@ mod tests {
             build_timestamp: manifest::rfc3339(1_700_000_000),
             source_date_epoch: 1_700_000_000,
             builder: BuilderInfo { version: "0".into(), backhand: "0.25.5".into(), zstd: "1.5.7".into() },
+            settings,
             architectures: vec![entry],
         };
         fs::write(dir.join(manifest::MANIFEST_FILE), m.to_json()).unwrap();

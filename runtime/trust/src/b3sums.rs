@@ -218,7 +218,7 @@ fn unescape(s: &str) -> Result<String, &'static str> {
 /// paths relative to the assets directory (`x86_64/vmlinuz`), sorted. `manifest.json` is not
 /// listed: its signature covers it, and `B3SUMS` can be written before the manifest is.
 pub fn release_files(manifest: &Manifest) -> Vec<String> {
-    let mut files = Vec::new();
+    let mut files = vec![manifest.settings.filename.clone()];
     for arch in &manifest.architectures {
         for asset in arch.assets.iter().chain(std::iter::once(&arch.sbom)) {
             files.push(format!("{}/{}", arch.arch, asset.filename));
@@ -406,11 +406,22 @@ pub fn check_assets(dir: &Path, manifest: &Manifest) -> Vec<FileCheck> {
 
 /// [`check_assets`] sharing a [`HashCache`] with other checks.
 pub fn check_assets_with(dir: &Path, manifest: &Manifest, cache: &mut HashCache) -> Vec<FileCheck> {
+    let single = |s: &str| !s.is_empty() && !s.contains('/') && s != "." && s != "..";
     let mut checks = Vec::new();
+    let settings = &manifest.settings;
+    if single(&settings.filename) {
+        checks.push(cache.check(dir, &settings.filename, Some(settings.size), &settings.b3));
+    } else {
+        checks.push(FileCheck {
+            path: settings.filename.clone(),
+            expected_size: Some(settings.size),
+            expected_b3: settings.b3.clone(),
+            outcome: Outcome::UnsafePath { reason: "the settings file name must be a single path component".into() },
+        });
+    }
     for arch in &manifest.architectures {
         for asset in arch.assets.iter().chain(std::iter::once(&arch.sbom)) {
             let rel = format!("{}/{}", arch.arch, asset.filename);
-            let single = |s: &str| !s.is_empty() && !s.contains('/') && s != "." && s != "..";
             if !single(&arch.arch) || !single(&asset.filename) {
                 checks.push(FileCheck {
                     path: rel,

@@ -21,6 +21,8 @@ pub const FORMAT: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// File name of the manifest's minisign signature.
 pub const SIGNATURE_FILE: &str = "manifest.json.minisig";
+/// File name of the boot-time settings file.
+pub const SETTINGS_FILE: &str = "defaults.json";
 /// File name of the `b3sum -c` checksum list.
 pub const B3SUMS_FILE: &str = "B3SUMS";
 
@@ -40,6 +42,10 @@ pub struct Manifest {
     pub source_date_epoch: u64,
     /// What produced the bytes.
     pub builder: BuilderInfo,
+    /// The boot-time settings file the runtime applies (`defaults.json`: web policy, resources,
+    /// environment, AI providers, MCP servers), in the directory's root; the same for every
+    /// architecture.
+    pub settings: Asset,
     /// One entry per built architecture, sorted by `arch`.
     pub architectures: Vec<ArchEntry>,
 }
