@@ -16,7 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use capsem_trust::manifest::{self, ArchEntry, Asset, AuditInfo, BuilderInfo, Inputs, Manifest};
+use capsem_trust::manifest::{self, ArchEntry, Asset, BuilderInfo, Inputs, Manifest};
 use serde::Serialize;
 
 use super::kernel::{self, KernelOutcome};
@@ -494,7 +494,7 @@ fn arch_entry(
         },
         packages,
         vulnerabilities,
-        audited: audited.map(|a: AuditInfo| a),
+        audited,
         inputs: Inputs {
             image_definition_b3: definition_b3.to_owned(),
             base,
