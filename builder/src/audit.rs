@@ -29,6 +29,9 @@ use serde_json::{Map, Value};
 
 use crate::model::{AuditPolicy, FailOn};
 
+/// PEP 503 name normalization, as the bill of materials' purls use it.
+pub use crate::bom::purl::pep503;
+
 /// Largest scanner report read (a full trivy report of a large image is a few MiB).
 pub const MAX_REPORT_BYTES: u64 = 64 << 20;
 /// Largest manifest read.
@@ -507,24 +510,6 @@ fn grype(w: &Walk<'_>, root: &Map<String, Value>) -> Result<Vec<Finding>, AuditE
 }
 
 // ---- matching and policy -------------------------------------------------------------------
-
-/// PEP 503 normalized name: lowercase, every run of `-`, `_` and `.` replaced by one `-`.
-pub fn pep503(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut in_sep = false;
-    for c in name.chars() {
-        if matches!(c, '-' | '_' | '.') {
-            if !in_sep {
-                out.push('-');
-            }
-            in_sep = true;
-        } else {
-            out.push(c.to_ascii_lowercase());
-            in_sep = false;
-        }
-    }
-    out
-}
 
 /// The name as compared for a manager: PEP 503 for pip, exact otherwise.
 fn match_name(manager: &str, name: &str) -> String {

@@ -344,6 +344,19 @@ impl ImageReader<'_, '_> {
 
 /// A name or version a package manager could have written: 1–256 characters, none of them
 /// whitespace or control characters.
+/// `(name, version)` when both are present and plausible, else why not. `fields` name the two
+/// as the format spells them, e.g. `["Name header", "Version header"]`.
+fn name_version(name: Option<&str>, version: Option<&str>, fields: [&str; 2]) -> Result<(String, String), String> {
+    match (name, version) {
+        (Some(n), Some(v)) if plausible(n) && plausible(v) => Ok((n.to_owned(), v.to_owned())),
+        (Some(n), Some(v)) => {
+            Err(format!("implausible {} `{}` or {} `{}`", fields[0], n.escape_debug(), fields[1], v.escape_debug()))
+        }
+        (None, _) => Err(format!("no {}", fields[0])),
+        (_, None) => Err(format!("no {}", fields[1])),
+    }
+}
+
 fn plausible(s: &str) -> bool {
     !s.is_empty() && s.len() <= 256 && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }

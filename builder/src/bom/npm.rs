@@ -52,12 +52,7 @@ pub(super) fn parse_manifest(data: &[u8]) -> Result<(String, String), String> {
     let data = data.strip_prefix(b"\xef\xbb\xbf").unwrap_or(data);
     let value: serde_json::Value = serde_json::from_slice(data).map_err(|e| format!("not JSON: {e}"))?;
     let field = |key: &str| value.get(key).and_then(serde_json::Value::as_str).map(str::trim).filter(|s| !s.is_empty());
-    match (field("name"), field("version")) {
-        (Some(n), Some(v)) if super::plausible(n) && super::plausible(v) => Ok((n.to_owned(), v.to_owned())),
-        (Some(n), Some(v)) => Err(format!("implausible name `{}` or version `{}`", n.escape_debug(), v.escape_debug())),
-        (None, _) => Err("no \"name\" string".to_owned()),
-        (_, None) => Err("no \"version\" string".to_owned()),
-    }
+    super::name_version(field("name"), field("version"), ["\"name\" string", "\"version\" string"])
 }
 
 #[cfg(test)]

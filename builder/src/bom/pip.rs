@@ -90,12 +90,7 @@ pub(super) fn parse_metadata(data: &[u8]) -> Result<(String, String), String> {
             *slot = Some(text.trim().to_owned());
         }
     }
-    match (name, version) {
-        (Some(n), Some(v)) if super::plausible(&n) && super::plausible(&v) => Ok((n, v)),
-        (Some(n), Some(v)) => Err(format!("implausible Name `{}` or Version `{}`", n.escape_debug(), v.escape_debug())),
-        (None, _) => Err("no Name header".to_owned()),
-        (_, None) => Err("no Version header".to_owned()),
-    }
+    super::name_version(name.as_deref(), version.as_deref(), ["Name header", "Version header"])
 }
 
 #[cfg(test)]
