@@ -191,12 +191,19 @@ pub fn build_release(req: &ReleaseRequest<'_>) -> Result<ReleaseOutcome, Release
         let why: Vec<String> = skipped.iter().map(|(a, r)| format!("{a}: {r}")).collect();
         return Err(ReleaseError::NothingBuildable(why.join("; ")));
     }
+    // A bad key or report fails now, not after the kernel and rootfs builds.
+    let key = load_key(req.sign_key.as_deref())?;
+    let report = match &req.audit_report {
+        Some(path) => Some(crate::audit::read_report(path).map_err(|e| ReleaseError::Audit(e.to_string()))?),
+        None => None,
+    };
+    let prepared = Prepared { key, report };
     fs::create_dir_all(req.out_dir).map_err(io("creating", req.out_dir))?;
     remove_dead_staging(req.out_dir);
     let staging = req.out_dir.join(format!(".build-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
-    let result = build_staged(req, &archs, &staging);
+    let result = build_staged(req, &prepared, &archs, &staging);
     if result.is_err() {
         keep_logs(&staging, req.out_dir);
     }
@@ -215,7 +222,25 @@ pub fn build_release(req: &ReleaseRequest<'_>) -> Result<ReleaseOutcome, Release
 
 type Staged = (Vec<ArchOutcome>, Option<PathBuf>, Option<PathBuf>, Option<String>, Vec<String>);
 
-fn build_staged(req: &ReleaseRequest<'_>, archs: &[Arch], staging: &Path) -> Result<Staged, ReleaseError> {
+/// The signing key and the scanner report, read before anything is built.
+struct Prepared {
+    key: Option<crate::sign::SigningKey>,
+    report: Option<crate::audit::ScanReport>,
+}
+
+/// The signing key at `path` (password from the environment), or a clear error naming it.
+fn load_key(path: Option<&Path>) -> Result<Option<crate::sign::SigningKey>, ReleaseError> {
+    path.map(|p| crate::sign::SigningKey::load(p, crate::sign::password_from_env().as_deref()))
+        .transpose()
+        .map_err(|e| ReleaseError::Sign(e.to_string()))
+}
+
+fn build_staged(
+    req: &ReleaseRequest<'_>,
+    prepared: &Prepared,
+    archs: &[Arch],
+    staging: &Path,
+) -> Result<Staged, ReleaseError> {
     let model = req.model;
     let mut built = Vec::new();
     let mut entries = Vec::new();
@@ -232,7 +257,8 @@ fn build_staged(req: &ReleaseRequest<'_>, archs: &[Arch], staging: &Path) -> Res
             Parts::Release => Some(super::build_rootfs(req.image_dir, model, arch, staging, req.opts).map_err(fail)?),
         };
         if let Some(r) = &rootfs {
-            let (entry, failures) = arch_entry(req, arch, &k, &initrd, r, &definition_b3, staging)?;
+            let (entry, failures) =
+                arch_entry(req, prepared.report.as_ref(), arch, &k, &initrd, r, &definition_b3, staging)?;
             entries.push(entry);
             audit_failures.extend(failures);
         }
@@ -292,10 +318,10 @@ fn build_staged(req: &ReleaseRequest<'_>, archs: &[Arch], staging: &Path) -> Res
     capsem_trust::b3sums::write_b3sums(req.out_dir, &files).map_err(|e| ReleaseError::B3sums(e.to_string()))?;
     let signature_target = req.out_dir.join(manifest::SIGNATURE_FILE);
     // A release that fails its audit policy is never signed.
-    let staged_signature = match &req.sign_key {
+    let staged_signature = match &prepared.key {
         Some(_) if !audit_failures.is_empty() => None,
         Some(key) => {
-            Some(crate::sign::sign_file(&staged_manifest, key).map_err(|e| ReleaseError::Sign(e.to_string()))?)
+            Some(crate::sign::sign_file_with(&staged_manifest, key).map_err(|e| ReleaseError::Sign(e.to_string()))?)
         }
         None => None,
     };
@@ -323,6 +349,7 @@ fn build_staged(req: &ReleaseRequest<'_>, archs: &[Arch], staging: &Path) -> Res
 /// manifest first, and the inputs must agree on everything but their architectures; the merged
 /// manifest is the one a single multi-architecture build would have written.
 pub fn merge_releases(inputs: &[PathBuf], out: &Path, sign_key: Option<&Path>) -> Result<PathBuf, ReleaseError> {
+    let key = load_key(sign_key)?;
     let merge_err = |m: String| ReleaseError::Merge(m);
     let mut merged: Option<Manifest> = None;
     let mut sources: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -383,8 +410,8 @@ pub fn merge_releases(inputs: &[PathBuf], out: &Path, sign_key: Option<&Path>) -
     let signature = out.join(manifest::SIGNATURE_FILE);
     let _ = fs::remove_file(&signature);
     capsem_trust::atomic::write(&manifest_path, &m.to_json()).map_err(io("writing", &manifest_path))?;
-    if let Some(key) = sign_key {
-        crate::sign::sign_file(&manifest_path, key).map_err(|e| ReleaseError::Sign(e.to_string()))?;
+    if let Some(key) = &key {
+        crate::sign::sign_file_with(&manifest_path, key).map_err(|e| ReleaseError::Sign(e.to_string()))?;
     }
     Ok(manifest_path)
 }
@@ -438,8 +465,10 @@ fn write_initrd(
     Ok(Asset { filename: INITRD_FILE.to_owned(), size, b3 })
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 fn arch_entry(
     req: &ReleaseRequest<'_>,
+    report: Option<&crate::audit::ScanReport>,
     arch: Arch,
     k: &KernelOutcome,
     initrd: &Asset,
@@ -454,11 +483,10 @@ fn arch_entry(
         crate::bom::cyclonedx(&model.image.name, &model.image.version, arch.as_str(), r.source_date_epoch, &packages);
     let sbom_path = staging.join(arch.as_str()).join(SBOM_FILE);
     fs::write(&sbom_path, &sbom).map_err(io("writing", &sbom_path))?;
-    let (vulnerabilities, audited, failures) = match &req.audit_report {
+    let (vulnerabilities, audited, failures) = match report {
         None => (Vec::new(), None, Vec::new()),
         Some(report) => {
-            let outcome =
-                crate::audit::apply(report, &packages, &model.audit).map_err(|e| ReleaseError::Audit(e.to_string()))?;
+            let outcome = crate::audit::evaluate(report, &packages, &model.audit);
             let failing = outcome.failing.iter().map(|v| format!("{} ({} {})", v.id, v.package, v.severity)).collect();
             (outcome.vulnerabilities, Some(outcome.info), failing)
         }
@@ -703,6 +731,35 @@ mod tests {
         }
         remove_dead_staging(tmp.path());
         assert!(!dead.exists() && mine.exists() && unrelated.exists());
+    }
+
+    #[test]
+    fn a_bad_key_or_report_fails_before_anything_is_built() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/small-image");
+        let loaded = crate::validate::load(&fixture);
+        let model = loaded.model.expect("the fixture validates");
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("assets");
+        let opts = BuildOptions::default();
+        let request = |sign_key: Option<PathBuf>, audit_report: Option<PathBuf>| ReleaseRequest {
+            image_dir: &fixture,
+            model: &model,
+            archs: vec![Arch::host().unwrap()],
+            out_dir: &out,
+            opts: &opts,
+            kernel_source: Provider::Debian,
+            sign_key,
+            audit_report,
+            parts: Parts::Release,
+        };
+        let missing = tmp.path().join("no-such.key");
+        let err = build_release(&request(Some(missing.clone()), None)).unwrap_err();
+        assert!(matches!(err, ReleaseError::Sign(_)) && err.to_string().contains("no-such.key"), "{err}");
+        let report = tmp.path().join("report.json");
+        fs::write(&report, b"{\"neither\": \"trivy nor grype\"}").unwrap();
+        let err = build_release(&request(None, Some(report))).unwrap_err();
+        assert!(matches!(err, ReleaseError::Audit(_)) && err.to_string().contains("report.json"), "{err}");
+        assert!(!out.exists(), "nothing may be written before the inputs are known to be good");
     }
 
     #[test]
