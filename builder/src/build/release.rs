@@ -266,7 +266,6 @@ fn build_staged(
     }
 
     // Move the assets into place.
-    let mut moved = Vec::new();
     for a in &built {
         let dir = req.out_dir.join(a.arch.as_str());
         fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
@@ -278,7 +277,6 @@ fn build_staged(
             let from = staging.join(a.arch.as_str()).join(name);
             let to = dir.join(name);
             fs::rename(&from, &to).map_err(io("moving into place", &to))?;
-            moved.push(to);
         }
     }
     if req.parts == Parts::Kernel {
