@@ -1,0 +1,2 @@
+//! capsem-agent (skeleton).
+fn main() {}

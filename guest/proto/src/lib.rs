@@ -1,0 +1,1 @@
+//! The capsem guest-agent protocol (skeleton; see guest/README.md).

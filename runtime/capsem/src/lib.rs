@@ -1,0 +1,3 @@
+//! The capsem runtime library: configuration, trust checks, hypervisor backends.
+
+pub mod config;

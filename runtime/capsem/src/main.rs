@@ -1,0 +1,2 @@
+//! `capsem` (skeleton).
+fn main() {}

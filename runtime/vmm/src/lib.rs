@@ -1,0 +1,1 @@
+//! capsem-vmm (skeleton).
