@@ -156,7 +156,29 @@ pub fn ensure_build_deps(sh: &Shell) -> Result<()> {
             .context("apt-get install failed")?;
     }
     ensure_sbom_validator(sh)?;
+    ensure_vhost_vsock(sh)?;
     ensure_engine(sh)
+}
+
+/// The vhost-user vsock backend QEMU uses for the guest agent's channel (rust-vmm's
+/// `vhost-device-vsock`; not in Debian), pinned.
+const VHOST_VSOCK: &str = "vhost-device-vsock@0.3.0";
+
+/// Installs `vhost-device-vsock` with `cargo install` (into `$CARGO_HOME/bin`) when neither
+/// PATH nor `$CARGO_HOME/bin` has it; `capsem` looks in both places.
+fn ensure_vhost_vsock(sh: &Shell) -> Result<()> {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo")))
+        .map(|h| h.join("bin/vhost-device-vsock"));
+    if have("vhost-device-vsock") || cargo_bin.as_ref().is_some_and(|p| p.is_file()) {
+        return Ok(());
+    }
+    eprintln!("missing `vhost-device-vsock` (carries the guest agent's vsock channel under QEMU): cargo install {VHOST_VSOCK}");
+    cmd!(sh, "cargo install --quiet --locked {VHOST_VSOCK}")
+        .run()
+        .context("cargo install vhost-device-vsock failed (it needs crates.io)")?;
+    Ok(())
 }
 
 fn engine_answers(sh: &Shell) -> bool {

@@ -12,9 +12,11 @@
 //! - `cargo xtask deps` — only the prerequisite step.
 //! - `cargo xtask bench [NAME…]` — benchmarks against their named baselines, measured in the
 //!   same run; each prints ratios and writes JSON under `target/bench/`. Names: `squashfs`
-//!   (our squashfs writer vs mksquashfs), `hash` (our file hashing vs the b3sum CLI).
+//!   (our squashfs writer vs mksquashfs), `hash` (our file hashing vs the b3sum CLI), `runtime`
+//!   (boot verification vs b3sum, and the breakdown of `capsem run -- true`).
 
 mod deps;
+mod guest;
 
 use anyhow::{Context, Result, bail};
 use xshell::{Shell, cmd};
@@ -35,7 +37,7 @@ fn main() -> Result<()> {
                  image build [DIR]   install prerequisites, then build and sign DIR (default images/default)\n  \
                  repro [DIR] [--shared-kernel-cache]  build DIR twice in fresh directories and compare\n  \
                  deps                install build prerequisites only\n  \
-                 bench [NAME...]     benchmarks vs their baselines (squashfs, hash)"
+                 bench [NAME...]     benchmarks vs their baselines (squashfs, hash, runtime)"
             );
             bail!("unknown or missing command: {}", args.join(" "))
         }
@@ -104,6 +106,8 @@ fn image_build(sh: &Shell, rest: &[&str]) -> Result<()> {
     cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- doctor {dir}").run()?;
     let _ca = trust_host_ca(sh);
     let (key, public) = signing_key(sh)?;
+    let guest = guest::build_agent(sh)?;
+    let _guest = sh.push_env("CAPSEM_GUEST_BIN_DIR", &guest);
     step(&format!("capsem-builder build {dir} --output assets (kernel, initrd, rootfs; manifest, B3SUMS, signature)"));
     cmd!(sh, "cargo run --quiet --locked --release -p capsem-builder -- build {dir} --output assets --sign-key {key}")
         .ignore_stdout()
@@ -160,6 +164,8 @@ fn repro(sh: &Shell, rest: &[&str]) -> Result<()> {
     deps::ensure_build_deps(sh)?;
     let _ca = trust_host_ca(sh);
     let (key, _) = signing_key(sh)?;
+    let guest = guest::build_agent(sh)?;
+    let _guest = sh.push_env("CAPSEM_GUEST_BIN_DIR", &guest);
     let root = "target/repro";
     sh.remove_path(root)?;
     for run in ["a", "b"] {
@@ -184,7 +190,57 @@ fn repro(sh: &Shell, rest: &[&str]) -> Result<()> {
 
 /// Benchmarks: each is a release-mode example of the crate that owns the code under test.
 const BENCHES: &[(&str, &str, &str)] =
-    &[("squashfs", "capsem-builder", "bench_squashfs"), ("hash", "capsem-trust", "bench_hash")];
+    &[
+        ("squashfs", "capsem-builder", "bench_squashfs"),
+        ("hash", "capsem-trust", "bench_hash"),
+        ("runtime", "capsem", "bench_runtime"),
+    ];
+
+/// `bench runtime`: a signed release to boot (`$CAPSEM_BENCH_ASSETS`, else the runtime test
+/// image built here into target/bench/vm-release with the development key), a capsem home
+/// trusting its key, and the release-mode `capsem` binary; then the bench_runtime example.
+fn bench_runtime(sh: &Shell) -> Result<()> {
+    let (key, public) = signing_key(sh)?;
+    let assets = match std::env::var_os("CAPSEM_BENCH_ASSETS").filter(|v| !v.is_empty()) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => {
+            let out = sh.current_dir().join("target/bench/vm-release");
+            if !out.join("manifest.json.minisig").is_file() {
+                deps::ensure_build_deps(sh)?;
+                let _ca = trust_host_ca(sh);
+                let guest = guest::build_agent(sh)?;
+                let _guest = sh.push_env("CAPSEM_GUEST_BIN_DIR", &guest);
+                step("build the runtime test image (tests/fixtures/vm-image) into target/bench/vm-release");
+                cmd!(
+                    sh,
+                    "cargo run --quiet --locked --release -p capsem-builder -- build tests/fixtures/vm-image --output {out} --sign-key {key}"
+                )
+                .ignore_stdout()
+                .run()?;
+            }
+            out
+        }
+    };
+    let home = sh.current_dir().join("target/bench/capsem-home");
+    sh.create_dir(&home)?;
+    let line = std::fs::read_to_string(&public)
+        .with_context(|| format!("reading {public}"))?
+        .lines()
+        .find(|l| l.starts_with("RW"))
+        .with_context(|| format!("{public} is not a minisign public key"))?
+        .to_owned();
+    sh.write_file(home.join("user.toml"), format!("[trust]\npublic_keys = [\"{line}\"]\n"))?;
+    step("capsem (release)");
+    cmd!(sh, "cargo build --quiet --locked --release -p capsem").run()?;
+    let capsem = sh.current_dir().join("target/release/capsem");
+    step(&format!("bench runtime ({})", assets.display()));
+    cmd!(
+        sh,
+        "cargo run --quiet --locked --release -p capsem --example bench_runtime -- --assets {assets} --home {home} --capsem {capsem} --runs 10 --out target/bench/runtime.json"
+    )
+    .run()?;
+    Ok(())
+}
 
 fn bench(sh: &Shell, names: &[&str]) -> Result<()> {
     let selected: Vec<&(&str, &str, &str)> = if names.is_empty() {
@@ -196,11 +252,15 @@ fn bench(sh: &Shell, names: &[&str]) -> Result<()> {
                 BENCHES
                     .iter()
                     .find(|(b, ..)| b == n)
-                    .with_context(|| format!("unknown bench `{n}`; known: squashfs, hash"))
+                    .with_context(|| format!("unknown bench `{n}`; known: squashfs, hash, runtime"))
             })
             .collect::<Result<_>>()?
     };
     for (name, package, example) in selected {
+        if *name == "runtime" {
+            bench_runtime(sh)?;
+            continue;
+        }
         step(&format!("bench {name}"));
         cmd!(sh, "cargo run --quiet --locked --release -p {package} --example {example}").run()?;
     }

@@ -60,6 +60,9 @@ pub const CA_FILE_ENV: &str = "CAPSEM_BUILD_CA_FILE";
 pub const SECURITY_MIRROR_ENV: &str = "CAPSEM_BUILD_SECURITY_MIRROR";
 /// Environment variable naming the build cache directory (built kernels).
 pub const CACHE_DIR_ENV: &str = "CAPSEM_CACHE_DIR";
+/// Environment variable naming the directory of prebuilt static guest binaries
+/// (`capsem-agent`); `cargo xtask image build` sets it.
+pub const GUEST_BIN_DIR_ENV: &str = "CAPSEM_GUEST_BIN_DIR";
 /// Name of the image file inside `<out>/<arch>/`.
 pub const ROOTFS_FILE: &str = "rootfs.squashfs";
 /// Name of the build log saved next to it when the engine build fails.
@@ -117,6 +120,7 @@ impl BuildOptions {
             source_date_epoch_env: nonempty("SOURCE_DATE_EPOCH"),
             extra_ca_file: nonempty(CA_FILE_ENV).map(PathBuf::from),
             security_mirror: nonempty(SECURITY_MIRROR_ENV).map(|v| v.to_string_lossy().into_owned()),
+            guest_bin_dir: nonempty(GUEST_BIN_DIR_ENV).map(PathBuf::from),
             state_dir,
             cache_dir,
             ..Self::default()
@@ -534,6 +538,7 @@ mod tests {
                 "SOURCE_DATE_EPOCH" => Some("1700000000".into()),
                 CA_FILE_ENV => Some("/etc/ssl/certs/ca-certificates.crt".into()),
                 SECURITY_MIRROR_ENV => Some("none".into()),
+                GUEST_BIN_DIR_ENV => Some("/tmp/guest".into()),
                 "HOME" => Some("/home/u".into()),
                 "XDG_STATE_HOME" => Some("".into()),
                 _ => None,
@@ -543,9 +548,11 @@ mod tests {
         assert_eq!(o.source_date_epoch_env.as_deref(), Some("1700000000".as_ref()));
         assert_eq!(o.extra_ca_file.as_deref(), Some(Path::new("/etc/ssl/certs/ca-certificates.crt")));
         assert_eq!(o.security_mirror.as_deref(), Some("none"));
+        assert_eq!(o.guest_bin_dir.as_deref(), Some(Path::new("/tmp/guest")));
         assert_eq!(o.state_dir.as_deref(), Some(Path::new("/home/u/.local/state/capsem-builder/runs")));
         assert_eq!(o.cache_dir.as_deref(), Some(Path::new("/home/u/.cache/capsem-builder")));
         let none = BuildOptions::from_vars(|_| None);
         assert!(none.extra_ca_file.is_none() && none.source_date_epoch_env.is_none() && none.state_dir.is_none());
+        assert!(none.guest_bin_dir.is_none());
     }
 }
