@@ -60,6 +60,9 @@ fn ci(sh: &Shell) -> Result<()> {
     cmd!(sh, "cargo fmt --all -- --check").run().context("formatting differs; run `cargo fmt`")?;
     step("cargo clippy (warnings denied)");
     cmd!(sh, "cargo clippy --workspace --all-targets --locked -- -D warnings").run()?;
+    // The end-to-end tests boot the runtime test image with this agent in it.
+    let guest = guest::build_agent(sh)?;
+    let _guest = sh.push_env("CAPSEM_GUEST_BIN_DIR", &guest);
     step("tests");
     if cmd!(sh, "cargo nextest --version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
         cmd!(sh, "cargo nextest run --workspace --locked --no-fail-fast").run()?;
