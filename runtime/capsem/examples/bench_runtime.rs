@@ -51,8 +51,11 @@ fn main() -> Result<()> {
     let keys = capsem::boot::trusted_keys(&loaded);
     let arch = capsem::boot::HOST_ARCH;
     let first = capsem_trust::verify_for_boot(&assets, arch, &keys, None)?; // warms the page cache
-    let files: Vec<PathBuf> =
-        [&first.kernel, &first.initrd, &first.rootfs].iter().map(|f| f.path.clone()).chain([assets.join("defaults.json")]).collect();
+    let files: Vec<PathBuf> = [&first.kernel, &first.initrd, &first.rootfs]
+        .iter()
+        .map(|f| f.path.clone())
+        .chain([assets.join("defaults.json")])
+        .collect();
     let bytes: u64 = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
     let gib = bytes as f64 / (1u64 << 30) as f64;
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
@@ -61,16 +64,26 @@ fn main() -> Result<()> {
         capsem_trust::verify_for_boot(&assets, arch, &keys, None)?;
         ours.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        let st = Command::new("b3sum").args(&files).stdout(std::process::Stdio::null()).status().context("running b3sum")?;
+        let st =
+            Command::new("b3sum").args(&files).stdout(std::process::Stdio::null()).status().context("running b3sum")?;
         theirs.push(t.elapsed().as_secs_f64());
         if !st.success() {
             bail!("b3sum failed");
         }
     }
     let (ours, theirs) = (median(ours), median(theirs));
-    println!("verification: {} files, {:.1} MiB, {runs} runs, medians, warm page cache", files.len(), bytes as f64 / 1048576.0);
+    println!(
+        "verification: {} files, {:.1} MiB, {runs} runs, medians, warm page cache",
+        files.len(),
+        bytes as f64 / 1048576.0
+    );
     println!("  capsem verify_for_boot  {:8.1} ms  {:6.2} GiB/s  {:6.3} s/GiB", ours * 1e3, gib / ours, ours / gib);
-    println!("  b3sum (baseline)        {:8.1} ms  {:6.2} GiB/s  {:6.3} s/GiB", theirs * 1e3, gib / theirs, theirs / gib);
+    println!(
+        "  b3sum (baseline)        {:8.1} ms  {:6.2} GiB/s  {:6.3} s/GiB",
+        theirs * 1e3,
+        gib / theirs,
+        theirs / gib
+    );
     println!("  ratio (b3sum time / ours; ≥ 1 means we are as fast): {:.2}", theirs / ours);
 
     // --- 2. capsem run -- true ---------------------------------------------------------------

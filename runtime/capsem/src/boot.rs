@@ -52,8 +52,9 @@ pub struct BootTimings {
 /// exists, and name the file.
 #[derive(Debug, thiserror::Error)]
 pub enum BootFailure {
-    #[error("refusing to boot {}: {source}", dir.display())]
-    Verify { source: BootError, dir: PathBuf },
+    // Not a `#[source]`: the message already carries it, and error chains would repeat it.
+    #[error("refusing to boot {}: {error}", dir.display())]
+    Verify { error: BootError, dir: PathBuf },
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
@@ -69,8 +70,12 @@ pub fn trusted_keys(cfg: &config::Loaded) -> Vec<TrustedKey> {
 
 /// Verification as every boot runs it (also `capsem verify`): signature by a trusted key,
 /// manifest for this architecture, every asset's size and BLAKE3, no rollback.
-pub fn verify(paths: &Paths, cfg: &config::Loaded, assets: &Path) -> Result<(VerifiedRelease, RollbackStore), BootFailure> {
-    let fail = |source: BootError| BootFailure::Verify { source, dir: assets.to_path_buf() };
+pub fn verify(
+    paths: &Paths,
+    cfg: &config::Loaded,
+    assets: &Path,
+) -> Result<(VerifiedRelease, RollbackStore), BootFailure> {
+    let fail = |error: BootError| BootFailure::Verify { error, dir: assets.to_path_buf() };
     let keys = trusted_keys(cfg);
     let store = RollbackStore::open(&paths.rollback_store)
         .map_err(|e| BootFailure::Other(format!("refusing to boot {}: {e}", assets.display())))?;
@@ -222,7 +227,11 @@ fn ms(d: Duration) -> f64 {
 /// The last console lines, for error messages.
 fn console_hint(console_log: &Path) -> String {
     let tail = vm::qemu::tail(console_log, 8);
-    if tail.is_empty() { "(the guest console printed nothing)".into() } else { format!("guest console (last lines):\n{tail}") }
+    if tail.is_empty() {
+        "(the guest console printed nothing)".into()
+    } else {
+        format!("guest console (last lines):\n{tail}")
+    }
 }
 
 /// Waits for the agent's connection while watching the VM: a VM that dies first is reported

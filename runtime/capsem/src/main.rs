@@ -204,8 +204,12 @@ fn run(args: RunArgs) -> Result<u8> {
 fn run_in(booted: &Booted, args: &RunArgs) -> Result<u8> {
     for (host, guest) in &args.copy_in {
         let data = std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
-        let mode = std::fs::metadata(host).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)?;
-        booted.client.write_file(guest, mode, &data).with_context(|| format!("copying {} to the guest's {guest}", host.display()))?;
+        let mode =
+            std::fs::metadata(host).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)?;
+        booted
+            .client
+            .write_file(guest, mode, &data)
+            .with_context(|| format!("copying {} to the guest's {guest}", host.display()))?;
     }
     let req = ExecRequest {
         argv: args.command.clone(),
@@ -231,7 +235,11 @@ fn run_in(booted: &Booted, args: &RunArgs) -> Result<u8> {
         capsem_trust::atomic::write(host, &data).with_context(|| format!("writing {}", host.display()))?;
     }
     if let ExitStatus::TimedOut = status {
-        eprintln!("capsem: `{}` timed out after {} s and was killed", args.command.join(" "), args.timeout.unwrap_or(0));
+        eprintln!(
+            "capsem: `{}` timed out after {} s and was killed",
+            args.command.join(" "),
+            args.timeout.unwrap_or(0)
+        );
     }
     Ok(exit_code(&status))
 }
@@ -239,7 +247,8 @@ fn run_in(booted: &Booted, args: &RunArgs) -> Result<u8> {
 fn shell(vm: VmArgs) -> Result<u8> {
     let booted = start(&vm)?;
     // bash when the image has it (busybox-only images get sh).
-    let argv: Vec<String> = vec!["/bin/sh".into(), "-c".into(), "command -v bash >/dev/null && exec bash -l; exec sh -l".into()];
+    let argv: Vec<String> =
+        vec!["/bin/sh".into(), "-c".into(), "command -v bash >/dev/null && exec bash -l; exec sh -l".into()];
     let outcome = capsem::shell::interactive(&booted.client, &argv, WinSize { rows: 24, cols: 80 });
     if let Err(why) = booted.shutdown() {
         eprintln!("capsem: warning: {why}");

@@ -58,11 +58,49 @@ fn commands_run_in_the_guest_with_their_streams_and_exit_status() {
     assert!(stdout.starts_with("hi from-host /tmp "), "{}", show(&o));
     assert!(stdout.contains("capsem.agent=serial:org.capsem.agent"), "{}", show(&o));
 
+    // Boot settings: the image's environment and files (defaults.json), a user.toml variable
+    // and hostname layered over them.
+    let mut user = fs::read_to_string(home.path().join("user.toml")).unwrap();
+    user.push_str("[environment]\nhostname = \"box\"\n[environment.vars]\nFROM_USER = \"u1\"\n");
+    fs::write(home.path().join("user.toml"), user).unwrap();
+    let o = capsem(home.path())
+        .args([
+            "run",
+            "--assets",
+            assets,
+            "--",
+            "sh",
+            "-c",
+            "echo $HOME $TERM $FROM_USER $(hostname); grep -c alias /root/.bashrc",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(out_text(&o).0, "/root xterm-256color u1 box\n4\n", "{}", show(&o));
+
+    // `capsem shell` without a terminal: the PTY shell reads the piped keystrokes.
+    let o = capsem(home.path())
+        .args(["shell", "--assets", assets])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"echo shell-$((6*7)); tty; exit 3\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let (stdout, _) = out_text(&o);
+    assert_eq!(o.status.code(), Some(3), "{}", show(&o));
+    assert!(stdout.contains("shell-42") && stdout.contains("/dev/pts/"), "{}", show(&o));
+
     // A command that does not exist, and a timeout.
     let o = capsem(home.path()).args(["run", "--assets", assets, "--", "/no/such/program"]).output().unwrap();
     assert_ne!(o.status.code(), Some(0), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/no/such/program"), "{}", show(&o));
-    let o = capsem(home.path()).args(["run", "--assets", assets, "--timeout", "1", "--", "sleep", "30"]).output().unwrap();
+    let o =
+        capsem(home.path()).args(["run", "--assets", assets, "--timeout", "1", "--", "sleep", "30"]).output().unwrap();
     assert_eq!(o.status.code(), Some(124), "{}", show(&o));
 }
 
@@ -94,7 +132,15 @@ fn files_round_trip_and_the_system_is_read_only() {
     assert_ne!(o.status.code(), Some(0), "writing under /usr succeeded: {}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("Read-only file system"), "{}", show(&o));
     let o = capsem(home.path())
-        .args(["run", "--assets", assets, "--", "sh", "-c", "echo x > /root/a && echo y > /tmp/b && cat /root/a /tmp/b"])
+        .args([
+            "run",
+            "--assets",
+            assets,
+            "--",
+            "sh",
+            "-c",
+            "echo x > /root/a && echo y > /tmp/b && cat /root/a /tmp/b",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success() && o.stdout == b"x\ny\n", "{}", show(&o));
@@ -111,7 +157,9 @@ fn capsem_doctor_passes_inside_the_vm() {
     let (stdout, _) = out_text(&o);
     assert!(o.status.success(), "{}", show(&o));
     assert!(stdout.contains(" passed, 0 failed"), "{}", show(&o));
-    for check in ["rootfs_readonly", "no_kernel_modules", "network_interfaces", "guest_binaries_mode", "no_setuid_files"] {
+    for check in
+        ["rootfs_readonly", "no_kernel_modules", "network_interfaces", "guest_binaries_mode", "no_setuid_files"]
+    {
         assert!(stdout.contains(&format!("PASS {check}")), "{check} did not pass: {}", show(&o));
     }
 }
@@ -230,7 +278,8 @@ fn damaged_releases_are_refused_before_any_vm_process_starts() {
     fs::write(&fake, format!("#!/bin/sh\necho \"$0 $*\" >> {}\nexit 1\n", marker.display())).unwrap();
     fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
-    let files = ["x86_64/vmlinuz", "x86_64/initrd.img", "x86_64/rootfs.squashfs", "manifest.json", "manifest.json.minisig"];
+    let files =
+        ["x86_64/vmlinuz", "x86_64/initrd.img", "x86_64/rootfs.squashfs", "manifest.json", "manifest.json.minisig"];
     let damages = ["flip", "truncate", "delete", "swap"];
     let mut case = 0;
     for file in files {
@@ -265,7 +314,11 @@ fn damaged_releases_are_refused_before_any_vm_process_starts() {
             assert_eq!(o.status.code(), Some(125), "{damage} {file}: {}", show(&o));
             assert!(stderr.contains("refusing to boot"), "{damage} {file}: {}", show(&o));
             assert!(stderr.contains(name), "{damage} {file}: the error does not name {name}: {}", show(&o));
-            assert!(!marker.exists(), "{damage} {file}: a VM process was started: {}", fs::read_to_string(&marker).unwrap());
+            assert!(
+                !marker.exists(),
+                "{damage} {file}: a VM process was started: {}",
+                fs::read_to_string(&marker).unwrap()
+            );
             fs::remove_dir_all(&dir).unwrap();
         }
     }
@@ -306,4 +359,3 @@ fn link_release(from: &Path, to: &Path) {
         }
     }
 }
-

@@ -23,7 +23,7 @@
 //!    large one memory-mapped and hashed on every core (`b3sum`'s method, shared with
 //!    [`crate::b3sums::hash_file`]); `defaults.json` is read into memory once and hashed from
 //!    those bytes, which are the settings returned.
-//! 9. `fstat` again: size, mtime and ctime unchanged ([`BootError::ModifiedDuringVerification`]
+//! 9. `fstat` again: size and mtime unchanged ([`BootError::ModifiedDuringVerification`]
 //!    otherwise), then each hash against the manifest ([`BootError::HashMismatch`]).
 //!
 //! # What the returned files guarantee
@@ -382,7 +382,7 @@ fn open_listed<'m>(dirfd: &OwnedFd, dir: &Path, asset: &'m Asset) -> Result<Open
 }
 
 impl Opened<'_> {
-    /// `fstat` again: same file, size, mtime and ctime; and `count` bytes were hashed.
+    /// `fstat` again: same file, size and mtime; and `count` bytes were hashed.
     fn unchanged(&self, count: u64) -> Result<(), BootError> {
         let after = open::Snapshot::of(&self.file, &self.path)?;
         let what = self.snapshot.changes(&after).or_else(|| {

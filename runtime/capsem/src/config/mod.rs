@@ -54,8 +54,8 @@ mod tests;
 
 pub use diag::{Code, ConfigError, Diagnostic, Location, Origin};
 pub use effective::{BootFile, Effective, RunOverrides, WebPolicy, load_configs};
-pub use loaded::Loaded;
 pub use file::{Config, Layer, ProviderConfig, Setting, TrustedKeySource, WebConfig};
+pub use loaded::Loaded;
 pub use memory::parse_memory;
 pub use paths::Paths;
 pub use values::{DomainPattern, EnvName, Hostname, Secret};

@@ -38,7 +38,9 @@ impl Hypervisor for Kvm {
 
     fn start(&self, spec: &VmSpec<'_>) -> Result<Box<dyn RunningVm>, VmError> {
         if spec.channel.transport != Transport::Vsock {
-            return Err(VmError::Unsupported("the kvm backend carries the agent over vsock only; use --transport vsock".into()));
+            return Err(VmError::Unsupported(
+                "the kvm backend carries the agent over vsock only; use --transport vsock".into(),
+            ));
         }
         let dup = |f: &std::fs::File, what: &str| {
             f.try_clone().map_err(|source| VmError::Io { what: format!("duplicating the verified {what}"), source })

@@ -116,7 +116,12 @@ impl Qemu {
             push(&["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on")]);
         }
         push(&["-no-reboot", "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none"]);
-        push(&["-chardev", &format!("file,id=console,path={}", spec.console_log.display()), "-serial", "chardev:console"]);
+        push(&[
+            "-chardev",
+            &format!("file,id=console,path={}", spec.console_log.display()),
+            "-serial",
+            "chardev:console",
+        ]);
         let fd = |n: i32| format!("/proc/self/fd/{n}");
         push(&["-kernel", &fd(KERNEL_FD), "-initrd", &fd(INITRD_FD)]);
         push(&[
@@ -330,7 +335,8 @@ mod tests {
     #[test]
     fn qemu_arguments_name_the_inherited_descriptors_and_the_channel() {
         let f = File::open("/dev/null").unwrap();
-        let q = Qemu { binary: "/usr/bin/qemu".into(), accel: Accel::Tcg, accel_reason: String::new(), vhost_vsock: None };
+        let q =
+            Qemu { binary: "/usr/bin/qemu".into(), accel: Accel::Tcg, accel_reason: String::new(), vhost_vsock: None };
         let vsock = q.args(&spec(&f, Transport::Vsock, 1), Some(2_000_000)).join(" ");
         expect_test::expect![[r#"-accel tcg -cpu max -M microvm,acpi=off,memory-backend=mem -m 512M -smp 1 -object memory-backend-memfd,id=mem,size=512M,share=on -no-reboot -nodefaults -no-user-config -display none -monitor none -chardev file,id=console,path=/run/x/console.log -serial chardev:console -kernel /proc/self/fd/3 -initrd /proc/self/fd/4 -drive id=rootfs,file=/proc/self/fd/5,format=raw,if=none,readonly=on -device virtio-blk-device,drive=rootfs -device virtio-rng-device -chardev socket,id=vhost-vsock,path=/run/x/vhost-vsock.sock -device vhost-user-vsock-device,chardev=vhost-vsock -append console=ttyS0 quiet panic=-1 reboot=t noapictimer tsc_early_khz=2000000 lpj=8000000 capsem.agent=vsock:5000"#]].assert_eq(&vsock);
         let serial = q.args(&spec(&f, Transport::Serial, 2), None).join(" ");

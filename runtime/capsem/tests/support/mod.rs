@@ -74,7 +74,16 @@ pub fn guest_bin_dir() -> PathBuf {
     );
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(&root)
-        .args(["build", "--quiet", "--locked", "--release", "-p", "capsem-agent", "--target", "x86_64-unknown-linux-gnu"])
+        .args([
+            "build",
+            "--quiet",
+            "--locked",
+            "--release",
+            "-p",
+            "capsem-agent",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
         .env("RUSTFLAGS", flags)
         .env("CARGO_TARGET_DIR", &target)
         .status()
@@ -106,7 +115,8 @@ fn build_or_reuse() -> Release {
     fs::create_dir_all(&base).unwrap();
     let dir = base.join(&key);
     let keys = base.join("keys");
-    let release = Release { dir: dir.join("assets"), public_key: keys.join("test.pub"), secret_key: keys.join("test.key") };
+    let release =
+        Release { dir: dir.join("assets"), public_key: keys.join("test.pub"), secret_key: keys.join("test.key") };
 
     // One builder at a time across test processes.
     let lock = fs::File::create(base.join("lock")).unwrap();
@@ -129,8 +139,8 @@ fn build_or_reuse() -> Release {
 }
 
 fn build_into(image: &Path, guest: &Path, out: &Path, secret: &Path, runs: &Path) {
-    use capsem_builder::build::release::{Parts, ReleaseRequest, build_release};
     use capsem_builder::build::BuildOptions;
+    use capsem_builder::build::release::{Parts, ReleaseRequest, build_release};
     use capsem_builder::engine::ProgressMode;
     let loaded = capsem_builder::validate::load(image);
     let model = loaded.model.unwrap_or_else(|| panic!("{}", loaded.report.render("vm-image", false)));
@@ -169,11 +179,8 @@ pub fn public_key_line(path: &Path) -> String {
 /// A capsem home (user.toml trusting `public_key`) in a fresh temporary directory.
 pub fn home_trusting(public_key: &Path) -> tempfile::TempDir {
     let home = tempfile::tempdir().unwrap();
-    fs::write(
-        home.path().join("user.toml"),
-        format!("[trust]\npublic_keys = [\"{}\"]\n", public_key_line(public_key)),
-    )
-    .unwrap();
+    fs::write(home.path().join("user.toml"), format!("[trust]\npublic_keys = [\"{}\"]\n", public_key_line(public_key)))
+        .unwrap();
     home
 }
 

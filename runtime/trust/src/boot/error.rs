@@ -199,7 +199,7 @@ pub enum BootError {
         /// Its BLAKE3.
         found: String,
     },
-    /// A file changed (size, mtime or ctime) while it was being verified.
+    /// A file changed (size or mtime) while it was being verified.
     #[error("`{}` was modified during verification ({what}); try again", path.display())]
     ModifiedDuringVerification {
         /// The file.

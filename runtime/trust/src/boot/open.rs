@@ -118,27 +118,24 @@ pub(crate) fn open_regular(
     Ok((file, snapshot))
 }
 
-/// What `fstat` says about an open file: identity, size and change times. Taken when the file
-/// is opened and again after it is hashed; any difference means it changed meanwhile.
+/// What `fstat` says about an open file: identity, size and modification time. Taken when the
+/// file is opened and again after it is hashed; any difference means it changed meanwhile.
+/// Not ctime: a hard link made or removed elsewhere (backup tools, `cp -al`) or a chmod changes
+/// it without touching the bytes, and refusing those releases at random helps nobody. A writer
+/// who resets mtime by hand could slip past this check — but such a writer can also write after
+/// verification, the caveat the module docs state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Snapshot {
     dev: u64,
     ino: u64,
     pub(crate) size: u64,
     mtime: (i64, i64),
-    ctime: (i64, i64),
 }
 
 impl Snapshot {
     pub(crate) fn of(file: &File, path: &Path) -> Result<Snapshot, BootError> {
         let m = file.metadata().map_err(io_err(path))?;
-        Ok(Snapshot {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        })
+        Ok(Snapshot { dev: m.dev(), ino: m.ino(), size: m.size(), mtime: (m.mtime(), m.mtime_nsec()) })
     }
 
     /// What differs between `self` (before) and `after`, in words; `None` if nothing.
@@ -152,9 +149,6 @@ impl Snapshot {
         }
         if self.mtime != after.mtime {
             what.push("mtime changed".to_owned());
-        }
-        if self.ctime != after.ctime {
-            what.push("ctime changed".to_owned());
         }
         (!what.is_empty()).then(|| what.join(", "))
     }
