@@ -174,7 +174,9 @@ fn ensure_vhost_vsock(sh: &Shell) -> Result<()> {
     if have("vhost-device-vsock") || cargo_bin.as_ref().is_some_and(|p| p.is_file()) {
         return Ok(());
     }
-    eprintln!("missing `vhost-device-vsock` (carries the guest agent's vsock channel under QEMU): cargo install {VHOST_VSOCK}");
+    eprintln!(
+        "missing `vhost-device-vsock` (carries the guest agent's vsock channel under QEMU): cargo install {VHOST_VSOCK}"
+    );
     cmd!(sh, "cargo install --quiet --locked {VHOST_VSOCK}")
         .run()
         .context("cargo install vhost-device-vsock failed (it needs crates.io)")?;

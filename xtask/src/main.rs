@@ -192,12 +192,11 @@ fn repro(sh: &Shell, rest: &[&str]) -> Result<()> {
 }
 
 /// Benchmarks: each is a release-mode example of the crate that owns the code under test.
-const BENCHES: &[(&str, &str, &str)] =
-    &[
-        ("squashfs", "capsem-builder", "bench_squashfs"),
-        ("hash", "capsem-trust", "bench_hash"),
-        ("runtime", "capsem", "bench_runtime"),
-    ];
+const BENCHES: &[(&str, &str, &str)] = &[
+    ("squashfs", "capsem-builder", "bench_squashfs"),
+    ("hash", "capsem-trust", "bench_hash"),
+    ("runtime", "capsem", "bench_runtime"),
+];
 
 /// `bench runtime`: a signed release to boot (`$CAPSEM_BENCH_ASSETS`, else the runtime test
 /// image built here into target/bench/vm-release with the development key), a capsem home
