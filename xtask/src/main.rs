@@ -13,7 +13,8 @@
 //! - `cargo xtask bench [NAME…]` — benchmarks against their named baselines, measured in the
 //!   same run; each prints ratios and writes JSON under `target/bench/`. Names: `squashfs`
 //!   (our squashfs writer vs mksquashfs), `hash` (our file hashing vs the b3sum CLI), `runtime`
-//!   (boot verification vs b3sum, and the breakdown of `capsem run -- true`).
+//!   (boot verification vs b3sum, and the breakdown of `capsem run -- true`), `proxy` (requests
+//!   and bodies through the egress proxy vs direct, on loopback).
 
 mod deps;
 mod guest;
@@ -37,7 +38,7 @@ fn main() -> Result<()> {
                  image build [DIR]   install prerequisites, then build and sign DIR (default images/default)\n  \
                  repro [DIR] [--shared-kernel-cache]  build DIR twice in fresh directories and compare\n  \
                  deps                install build prerequisites only\n  \
-                 bench [NAME...]     benchmarks vs their baselines (squashfs, hash, runtime)"
+                 bench [NAME...]     benchmarks vs their baselines (squashfs, hash, runtime, proxy)"
             );
             bail!("unknown or missing command: {}", args.join(" "))
         }
@@ -254,7 +255,7 @@ fn bench(sh: &Shell, names: &[&str]) -> Result<()> {
                 BENCHES
                     .iter()
                     .find(|(b, ..)| b == n)
-                    .with_context(|| format!("unknown bench `{n}`; known: squashfs, hash, runtime"))
+                    .with_context(|| format!("unknown bench `{n}`; known: squashfs, hash, runtime, proxy"))
             })
             .collect::<Result<_>>()?
     };
