@@ -89,9 +89,26 @@ pub fn write_boot_files(files: &[BootFile]) -> Result<(), String> {
         if let Some(dir) = Path::new(&f.path).parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("write {}: {}: {}", f.path, dir.display(), os_msg(&e)))?;
         }
-        write_atomic(&f.path, f.mode, &f.content)?;
+        if f.append {
+            append(&f.path, f.mode, &f.content)?;
+        } else {
+            write_atomic(&f.path, f.mode, &f.content)?;
+        }
     }
     Ok(())
+}
+
+/// Appends `data` to `path` (created with `mode` when missing).
+fn append(path: &str, mode: u32, data: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(mode & 0o7777)
+        .open(path)
+        .map_err(|e| format!("append {path}: {}", os_msg(&e)))?;
+    f.write_all(data).map_err(|e| format!("append {path}: {}", os_msg(&e)))
 }
 
 /// Streams the file at `path` to the host on a thread: FileChunk… FileEnd, or Error.
@@ -148,6 +165,21 @@ mod tests {
     }
 
     #[test]
+    fn boot_files_can_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bundle.pem");
+        std::fs::write(&p, b"system\n").unwrap();
+        let ps = p.to_str().unwrap().to_owned();
+        let add = |content: &[u8]| BootFile { path: ps.clone(), mode: 0o644, content: content.to_vec(), append: true };
+        write_boot_files(&[add(b"capsem-ca\n")]).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"system\ncapsem-ca\n");
+        let fresh = dir.path().join("new.pem");
+        let f = BootFile { path: fresh.to_str().unwrap().into(), mode: 0o600, content: b"x".to_vec(), append: true };
+        write_boot_files(&[f]).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777, 0o600);
+    }
+
+    #[test]
     fn errors_name_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("missing/f");
@@ -164,8 +196,13 @@ mod tests {
     fn boot_files_create_parents() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a/b/c.conf");
-        write_boot_files(&[BootFile { path: p.to_str().unwrap().into(), mode: 0o600, content: b"x".to_vec() }])
-            .unwrap();
+        write_boot_files(&[BootFile {
+            path: p.to_str().unwrap().into(),
+            mode: 0o600,
+            content: b"x".to_vec(),
+            append: false,
+        }])
+        .unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"x");
     }
 }

@@ -10,7 +10,9 @@
 //! - [`ready`]: the `Ready` message (uptime, kernel release, init timestamp).
 //! - [`transport`]: `capsem.agent=` on the kernel command line → vsock or virtio-serial stream.
 //! - [`pid1`]: the fatal-error line, panic hook and reboot used when the agent is PID 1.
+//! - [`egress`]: the guest's redirected HTTP(S) and DNS traffic, relayed to the host over vsock.
 
+pub mod egress;
 pub mod env;
 pub mod exec;
 pub mod files;

@@ -1,11 +1,13 @@
 //! `capsem-agent`: the guest agent binary. As PID 1 of the guest (exec'd by the init script
 //! after `switch_root`) it reads the transport from `/proc/cmdline`, serves the host, reaps
-//! every child, and ends the VM on `Shutdown` or on any fatal error. `--stdio` serves on
-//! stdin/stdout instead (tests, debugging).
+//! every child, and ends the VM on `Shutdown` or on any fatal error. Over vsock it also starts
+//! the egress relays ([`capsem_agent::egress`]). `--stdio` serves on stdin/stdout instead
+//! (tests, debugging).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use capsem_agent::{ReapMode, ServeEnd, ServeOptions, pid1, ready, serve, transport};
+use capsem_agent::{ReapMode, ServeEnd, ServeOptions, egress, pid1, ready, serve, transport};
 
 /// How long the transport is retried before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +47,13 @@ fn main() {
         let cmdline = std::fs::read_to_string("/proc/cmdline")
             .unwrap_or_else(|e| pid1::fatal(pid1, &format!("reading /proc/cmdline: {e}")));
         let t = transport::from_cmdline(&cmdline).unwrap_or_else(|e| pid1::fatal(pid1, &e.to_string()));
+        if let transport::Transport::Vsock { .. } = t {
+            // Egress rides on vsock too; without it the guest's network simply fails closed.
+            let cfg = egress::EgressConfig::default();
+            if let Err(e) = egress::start(cfg, egress::vsock_connector(), Arc::new(egress::original_dst)) {
+                eprintln!("capsem-agent: egress relays not started: {e}");
+            }
+        }
         let (r, w) = transport::open(&t, CONNECT_TIMEOUT).unwrap_or_else(|e| pid1::fatal(pid1, &e.to_string()));
         serve(r, w, opts)
     };

@@ -150,7 +150,12 @@ fn environment_layers_and_cwd() {
     h.client
         .configure(
             [("FROM_CONFIGURE".into(), "c".into()), ("BOTH".into(), "configure".into())].into(),
-            vec![BootFile { path: boot.to_str().unwrap().into(), mode: 0o600, content: b"k=v\n".to_vec() }],
+            vec![BootFile {
+                path: boot.to_str().unwrap().into(),
+                mode: 0o600,
+                content: b"k=v\n".to_vec(),
+                append: false,
+            }],
         )
         .unwrap();
     assert_eq!(std::fs::read(&boot).unwrap(), b"k=v\n");
@@ -177,7 +182,10 @@ fn configure_error_names_the_path() {
     let h = start();
     let err = h
         .client
-        .configure(BTreeMap::new(), vec![BootFile { path: "/proc/capsem-nope/x".into(), mode: 0o644, content: vec![] }])
+        .configure(
+            BTreeMap::new(),
+            vec![BootFile { path: "/proc/capsem-nope/x".into(), mode: 0o644, content: vec![], append: false }],
+        )
         .unwrap_err();
     match err {
         ClientError::Guest { message } => assert!(message.starts_with("write /proc/capsem-nope/x: "), "{message}"),
