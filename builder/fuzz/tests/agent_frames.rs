@@ -18,7 +18,7 @@ fn seeds() -> Vec<Vec<u8>> {
         HostMsg::Configure {
             id: 1,
             env: BTreeMap::from([("K".into(), "V".into())]),
-            files: vec![BootFile { path: "/etc/x".into(), mode: 0o644, content: b"x".to_vec() }],
+            files: vec![BootFile { path: "/etc/x".into(), mode: 0o644, content: b"x".to_vec(), append: false }],
         },
         HostMsg::Exec {
             id: 2,

@@ -177,7 +177,7 @@ mod tests {
             HostMsg::Configure {
                 id: 1,
                 env: env.clone(),
-                files: vec![BootFile { path: "/etc/x".into(), mode: 0o644, content: b"hi".to_vec() }],
+                files: vec![BootFile { path: "/etc/x".into(), mode: 0o644, content: b"hi".to_vec(), append: false }],
             },
             HostMsg::Exec {
                 id: u32::MAX,

@@ -38,6 +38,9 @@ pub struct BootFile {
     /// Contents.
     #[serde(with = "serde_bytes")]
     pub content: Vec<u8>,
+    /// Append to the file (created if missing; `mode` then applies only to a new file) instead
+    /// of replacing it: how the egress CA joins the guest's CA bundle.
+    pub append: bool,
 }
 
 impl std::fmt::Debug for BootFile {
@@ -46,6 +49,7 @@ impl std::fmt::Debug for BootFile {
             .field("path", &self.path)
             .field("mode", &format_args!("{:#o}", self.mode))
             .field("content", &format_args!("<{} bytes>", self.content.len()))
+            .field("append", &self.append)
             .finish()
     }
 }

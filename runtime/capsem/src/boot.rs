@@ -6,12 +6,17 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use capsem_proto::{BootFile, Client, Ready};
 use capsem_trust::boot::{BootError, TrustedKey, VerifiedRelease, verify_for_boot};
 use capsem_trust::rollback::RollbackStore;
 
 use crate::config::{self, Paths};
+use crate::egress::service::{Egress, upstream_from_env};
+use crate::egress::{EventSink, ca::CertAuthority, policy::Policy};
 use crate::session::{self, Session};
+use crate::sessionlog::{SessionLog, SessionMeta};
 use crate::vm::{self, Channel, Choice, RunningVm, Transport, VmExit, VmSpec};
 
 /// The guest architecture this `capsem` boots.
@@ -27,6 +32,8 @@ pub struct BootRequest {
     pub transport: Option<Transport>,
     /// How long the guest may take from VMM start to the agent's `Ready`.
     pub boot_timeout: Duration,
+    /// What will run (for the session log; empty for a shell).
+    pub command: Vec<String>,
 }
 
 /// Wall-clock breakdown of a boot, in milliseconds.
@@ -91,20 +98,29 @@ pub struct Booted {
     pub timings: BootTimings,
     pub hypervisor: String,
     pub console_log: PathBuf,
+    /// The session log (requests, DNS, execs): `capsem logs`.
+    pub log: Arc<SessionLog>,
     vm: Box<dyn RunningVm>,
+    // Stopped after the VM, before the log is finished.
+    egress: Option<Egress>,
     // Dropped last: removes the sockets and logs.
     session: Session,
 }
 
 impl Booted {
     /// Asks the agent to shut the guest down and waits (≤ 10 s) for the VMM to exit; kills it
-    /// otherwise. The session directory goes with `self`.
-    pub fn shutdown(mut self) -> Result<(), String> {
+    /// otherwise; stops egress and closes the session log with `exit_status`. The session
+    /// directory goes with `self`.
+    pub fn shutdown(mut self, exit_status: &str) -> Result<(), String> {
         let asked = self.client.shutdown();
         let ended = self.vm.wait_timeout(Duration::from_secs(10));
         let pids = self.vm.pids();
         self.vm.kill();
         session::untrack(&pids);
+        drop(self.egress.take());
+        if let Err(e) = self.log.finish(exit_status) {
+            eprintln!("capsem: warning: session log: {e}");
+        }
         match (asked, ended) {
             (_, Ok(Some(VmExit::Stopped))) => Ok(()),
             (_, Ok(Some(VmExit::Failed(why)))) => Err(why),
@@ -147,6 +163,47 @@ pub fn boot(req: &BootRequest) -> Result<Booted, BootFailure> {
     let session = Session::create(&paths.run_dir)
         .map_err(|e| BootFailure::Other(format!("creating a run directory under {}: {e}", paths.run_dir.display())))?;
     let channel = Channel::new(transport, &session.dir);
+
+    // Session log and egress (vsock only: each guest connection is its own vsock stream).
+    let log = Arc::new(
+        SessionLog::create(
+            &paths.home.join("sessions"),
+            SessionMeta {
+                image: release.manifest.name.clone(),
+                version: release.manifest.version.clone(),
+                assets_dir: req.assets.clone(),
+                command: req.command.clone(),
+                hypervisor: hv.name().to_owned(),
+            },
+        )
+        .map_err(|e| BootFailure::Other(format!("session log: {e}")))?,
+    );
+    let mut files: Vec<BootFile> = settings
+        .files
+        .iter()
+        .map(|f| BootFile { path: f.path.clone(), mode: f.mode, content: f.content.clone(), append: false })
+        .collect();
+    let egress = if transport == Transport::Vsock {
+        let policy = Policy::from_web(&settings.web).map_err(|e| BootFailure::Other(format!("web policy: {e}")))?;
+        let ca = CertAuthority::load_or_create(&paths.home.join("ca"))
+            .map_err(|e| BootFailure::Other(format!("egress CA: {e}")))?;
+        // The guest trusts the proxy: its CA joins the bundle SSL_CERT_FILE & co. point at.
+        files.push(BootFile {
+            path: settings.tls_ca_bundle.clone(),
+            mode: 0o644,
+            content: format!("\n{}", ca.ca_pem()).into_bytes(),
+            append: true,
+        });
+        let upstream = upstream_from_env().map_err(BootFailure::Other)?;
+        let sink: Arc<dyn EventSink> = log.clone();
+        Some(
+            Egress::start(&channel.vsock_uds, Arc::new(policy), Arc::new(ca), upstream, sink)
+                .map_err(BootFailure::Other)?,
+        )
+    } else {
+        eprintln!("capsem: note: no egress with the virtio-serial transport: the guest has no way out");
+        None
+    };
     let listener = UnixListener::bind(&channel.agent_socket)
         .map_err(|e| BootFailure::Other(format!("listening on {}: {e}", channel.agent_socket.display())))?;
     listener.set_nonblocking(true).map_err(|e| BootFailure::Other(format!("agent socket: {e}")))?;
@@ -195,14 +252,7 @@ pub fn boot(req: &BootRequest) -> Result<Booted, BootFailure> {
     };
     let ready_at = spawned.elapsed();
     client
-        .configure(
-            settings.env.clone(),
-            settings
-                .files
-                .iter()
-                .map(|f| BootFile { path: f.path.clone(), mode: f.mode, content: f.content.clone() })
-                .collect(),
-        )
+        .configure(settings.env.clone(), files)
         .map_err(|e| BootFailure::Other(format!("applying the boot settings in the guest: {e}")))?;
     let configured = spawned.elapsed();
 
@@ -217,7 +267,7 @@ pub fn boot(req: &BootRequest) -> Result<Booted, BootFailure> {
         agent_ready_ms: ms(configured) - ms(ready_at),
         total_ms: ms(started.elapsed()),
     };
-    Ok(Booted { client, ready, timings, hypervisor: hv.describe(), console_log, vm, session })
+    Ok(Booted { client, ready, timings, hypervisor: hv.describe(), console_log, log, vm, egress, session })
 }
 
 fn ms(d: Duration) -> f64 {

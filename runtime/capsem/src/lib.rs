@@ -9,6 +9,8 @@
 
 pub mod boot;
 pub mod config;
+pub mod egress;
 pub mod session;
+pub mod sessionlog;
 pub mod shell;
 pub mod vm;

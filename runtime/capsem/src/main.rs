@@ -30,6 +30,17 @@ enum Command {
     Run(RunArgs),
     /// Boot an ephemeral VM with an interactive shell on a PTY.
     Shell(VmArgs),
+    /// Show a session's log: every request, DNS question and command (default: the latest).
+    Logs {
+        /// Session id or a unique prefix of it (`capsem logs --list` shows them).
+        session: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// List the sessions instead.
+        #[arg(long, conflicts_with = "session")]
+        list: bool,
+    },
     /// Verify a release (signature, manifest, every asset) exactly as a boot does.
     Verify {
         /// Release directory.
@@ -143,6 +154,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Shell(args) => shell(args),
         Command::Verify { assets, json } => verify(&assets, json),
+        Command::Logs { session, json, list } => logs(session.as_deref(), json, list),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -153,7 +165,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn boot_request(vm: &VmArgs) -> BootRequest {
+fn boot_request(vm: &VmArgs, command: &[String]) -> BootRequest {
     BootRequest {
         assets: vm.assets.clone(),
         overrides: config::RunOverrides { cpus: vm.cpus, memory_mib: vm.memory },
@@ -167,11 +179,12 @@ fn boot_request(vm: &VmArgs) -> BootRequest {
             TransportArg::Serial => Transport::Serial,
         }),
         boot_timeout: Duration::from_secs(vm.boot_timeout),
+        command: command.to_vec(),
     }
 }
 
-fn start(vm: &VmArgs) -> Result<Booted> {
-    let booted = boot::boot(&boot_request(vm))?;
+fn start(vm: &VmArgs, command: &[String]) -> Result<Booted> {
+    let booted = boot::boot(&boot_request(vm, command))?;
     if vm.timings {
         eprintln!("capsem: boot timings {}", serde_json::to_string(&booted.timings)?);
     }
@@ -188,10 +201,14 @@ fn exit_code(status: &ExitStatus) -> u8 {
 }
 
 fn run(args: RunArgs) -> Result<u8> {
-    let booted = start(&args.vm)?;
+    let booted = start(&args.vm, &args.command)?;
     let outcome = run_in(&booted, &args);
     let t = std::time::Instant::now();
-    let stopped = booted.shutdown();
+    let status = match &outcome {
+        Ok(code) => code.to_string(),
+        Err(e) => format!("error: {e}"),
+    };
+    let stopped = booted.shutdown(&status);
     if args.vm.timings {
         eprintln!("capsem: shutdown {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
     }
@@ -222,10 +239,16 @@ fn run_in(booted: &Booted, args: &RunArgs) -> Result<u8> {
     let stdin: Option<Box<dyn std::io::Read + Send>> =
         args.interactive.then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>);
     let t = std::time::Instant::now();
-    let status = booted
-        .client
-        .run(req, stdin, &mut std::io::stdout(), &mut std::io::stderr())
-        .with_context(|| format!("running `{}` in the guest", args.command.join(" ")))?;
+    let status = booted.client.run(req, stdin, &mut std::io::stdout(), &mut std::io::stderr());
+    booted.log.record_exec(
+        &args.command,
+        &match &status {
+            Ok(s) => format!("{s:?}"),
+            Err(e) => format!("error: {e}"),
+        },
+        t.elapsed(),
+    );
+    let status = status.with_context(|| format!("running `{}` in the guest", args.command.join(" ")))?;
     if args.vm.timings {
         eprintln!("capsem: exec {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
     }
@@ -245,15 +268,28 @@ fn run_in(booted: &Booted, args: &RunArgs) -> Result<u8> {
 }
 
 fn shell(vm: VmArgs) -> Result<u8> {
-    let booted = start(&vm)?;
+    let booted = start(&vm, &[])?;
     // bash when the image has it (busybox-only images get sh).
     let argv: Vec<String> =
         vec!["/bin/sh".into(), "-c".into(), "command -v bash >/dev/null && exec bash -l; exec sh -l".into()];
+    let t = std::time::Instant::now();
     let outcome = capsem::shell::interactive(&booted.client, &argv, WinSize { rows: 24, cols: 80 });
-    if let Err(why) = booted.shutdown() {
+    let status = match &outcome {
+        Ok(s) => format!("{s:?}"),
+        Err(e) => format!("error: {e}"),
+    };
+    booted.log.record_exec(&["(shell)".to_owned()], &status, t.elapsed());
+    if let Err(why) = booted.shutdown(&status) {
         eprintln!("capsem: warning: {why}");
     }
     Ok(exit_code(&outcome.context("the guest shell")?))
+}
+
+fn logs(session: Option<&str>, json: bool, list: bool) -> Result<u8> {
+    let paths = config::Paths::from_env()?;
+    let out = capsem::sessionlog::logs_command(&paths.home.join("sessions"), session, json, list)?;
+    print!("{out}");
+    Ok(0)
 }
 
 fn verify(assets: &std::path::Path, json: bool) -> Result<u8> {
