@@ -197,6 +197,7 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("squashfs", "capsem-builder", "bench_squashfs"),
     ("hash", "capsem-trust", "bench_hash"),
     ("runtime", "capsem", "bench_runtime"),
+    ("proxy", "capsem", "bench_proxy"),
 ];
 
 /// `bench runtime`: a signed release to boot (`$CAPSEM_BENCH_ASSETS`, else the runtime test
