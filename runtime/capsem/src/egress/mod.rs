@@ -8,10 +8,12 @@
 //!   minted per SNI.
 //! - [`proxy`]: the TLS-terminating HTTP/1.1 + HTTP/2 proxy: SNI = Host, hardening, upstream.
 //! - [`relay`]: the host side of the guest's relays (vsock ports [`TCP_PORT`], [`DNS_PORT`]).
+//! - [`fuzzing`]: the `egress_input` fuzz target's properties (builder/fuzz).
 //! - [`service`]: one VM's egress running on its own tokio runtime; test-only knobs
 //!   (`CAPSEM_EGRESS_RESOLVE`, `CAPSEM_EGRESS_UPSTREAM_CA`).
 
 pub mod ca;
+pub mod fuzzing;
 pub mod policy;
 pub mod proxy;
 pub mod relay;
