@@ -40,9 +40,11 @@ use serde_json::Value;
 use crate::egress::{DnsRecord, EventSink, RequestRecord};
 
 mod render;
+mod retention;
 mod time;
 
 pub use render::{render_event, render_json, render_list, render_list_json, render_text};
+pub use retention::prune;
 pub use time::{format_time, parse_time};
 
 /// The database layout version, stored in SQLite's `user_version`.

@@ -19,6 +19,14 @@ fn out_text(o: &std::process::Output) -> (String, String) {
     (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
+/// Runs `cmd` with `input` on its stdin; returns its output.
+fn with_stdin(mut cmd: std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn commands_run_in_the_guest_with_their_streams_and_exit_status() {
     let rel = release();
@@ -40,19 +48,10 @@ fn commands_run_in_the_guest_with_their_streams_and_exit_status() {
     assert!(stderr.contains("err\n") && !stderr.contains("out"), "{}", show(&o));
 
     // The virtio-serial fallback, an environment variable, a working directory and stdin.
-    let o = capsem(home.path())
-        .args(["run", "--assets", assets, "--transport", "serial", "-i", "-e", "GREETING=hi", "-w", "/tmp", "--"])
-        .args(["sh", "-c", "read line; echo \"$GREETING $line $(pwd) $(cat /proc/cmdline)\""])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(b"from-host\n")?;
-            c.wait_with_output()
-        })
-        .unwrap();
+    let mut cmd = capsem(home.path());
+    cmd.args(["run", "--assets", assets, "--transport", "serial", "-i", "-e", "GREETING=hi", "-w", "/tmp", "--"]);
+    cmd.args(["sh", "-c", "read line; echo \"$GREETING $line $(pwd) $(cat /proc/cmdline)\""]);
+    let o = with_stdin(cmd, b"from-host\n");
     let (stdout, _) = out_text(&o);
     assert!(o.status.success(), "{}", show(&o));
     assert!(stdout.starts_with("hi from-host /tmp "), "{}", show(&o));
@@ -79,18 +78,9 @@ fn commands_run_in_the_guest_with_their_streams_and_exit_status() {
     assert_eq!(out_text(&o).0, "/root xterm-256color u1 box\n4\n", "{}", show(&o));
 
     // `capsem shell` without a terminal: the PTY shell reads the piped keystrokes.
-    let o = capsem(home.path())
-        .args(["shell", "--assets", assets])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(b"echo shell-$((6*7)); tty; exit 3\n")?;
-            c.wait_with_output()
-        })
-        .unwrap();
+    let mut shell = capsem(home.path());
+    shell.args(["shell", "--assets", assets]);
+    let o = with_stdin(shell, b"echo shell-$((6*7)); tty; exit 3\n");
     let (stdout, _) = out_text(&o);
     assert_eq!(o.status.code(), Some(3), "{}", show(&o));
     assert!(stdout.contains("shell-42") && stdout.contains("/dev/pts/"), "{}", show(&o));
