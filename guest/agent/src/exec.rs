@@ -39,23 +39,6 @@ const STDIN_QUEUE_LIMIT: usize = 4 * STDIN_WINDOW;
 /// The running processes, by request id.
 pub(crate) type ExecTable = Arc<Mutex<HashMap<u32, Arc<Running>>>>;
 
-/// An exec request, as received.
-#[derive(Debug, Clone, Default)]
-pub struct ExecSpec {
-    /// Program and arguments.
-    pub argv: Vec<String>,
-    /// Request env.
-    pub env: BTreeMap<String, String>,
-    /// Working directory.
-    pub cwd: Option<String>,
-    /// Pipe stdin.
-    pub stdin: bool,
-    /// PTY size, for PTY mode.
-    pub pty: Option<WinSize>,
-    /// Timeout.
-    pub timeout: Option<Duration>,
-}
-
 enum Ev {
     Data(Stream, Vec<u8>),
     Eof,
@@ -173,7 +156,7 @@ enum Io {
 pub(crate) fn start(
     ctx: &ExecCtx,
     id: u32,
-    spec: ExecSpec,
+    spec: capsem_proto::ExecRequest,
     configured_env: &BTreeMap<String, String>,
 ) -> Result<(), String> {
     let argv0 = spec.argv.first().ok_or("exec: empty argv")?.clone();

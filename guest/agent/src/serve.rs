@@ -14,7 +14,7 @@ use std::time::Duration;
 use capsem_proto::frame::{self, FrameError, FrameReader};
 use capsem_proto::{GuestMsg, HostMsg};
 
-use crate::exec::{self, ExecCtx, ExecSpec, ExecTable};
+use crate::exec::{self, ExecCtx, ExecTable};
 use crate::files::{self, Upload};
 use crate::reaper::{ReapMode, Reaper};
 use crate::{lock, ready};
@@ -144,7 +144,14 @@ impl Session {
                 }
             }
             HostMsg::Exec { id, argv, env, cwd, stdin, pty, timeout_ms } => {
-                let spec = ExecSpec { argv, env, cwd, stdin, pty, timeout: timeout_ms.map(Duration::from_millis) };
+                let spec = capsem_proto::ExecRequest {
+                    argv,
+                    env,
+                    cwd,
+                    stdin,
+                    pty,
+                    timeout: timeout_ms.map(Duration::from_millis),
+                };
                 if let Err(m) = exec::start(&self.ctx, id, spec, &self.env) {
                     out.send_error(id, m);
                 }
