@@ -439,37 +439,53 @@ fn engine_check(probe: &Result<(Target, EngineFacts), EngineError>) -> Check {
     Check::fail(NAME, error.to_string(), fix)
 }
 
+const STORAGE_CHECK: &str = "engine-storage";
+
 /// The engine's storage driver and the free space where it keeps layers. Warn only.
 fn storage_check(target: &Target, facts: &EngineFacts) -> Check {
-    const NAME: &str = "engine-storage";
     let storage = match &facts.storage {
         Ok(storage) => storage,
         Err(message) => {
             return Check::warn(
-                NAME,
+                STORAGE_CHECK,
                 format!("the engine did not report its storage: {message}"),
                 "check the engine's log (`journalctl -u docker`)",
             );
         }
     };
-    let driver = storage.driver.as_deref().unwrap_or("unknown driver");
-    let root = storage.root_dir.as_deref().unwrap_or("an unknown directory");
-    let mut detail = format!("{driver} at {root}");
     // The root directory is only on this filesystem when the engine is local.
     let free = match (&target.endpoint, &storage.root_dir) {
         (Endpoint::Unix(_), Some(root)) => match rustix::fs::statvfs(Path::new(root)) {
-            Ok(st) => {
-                let free = st.f_bavail.saturating_mul(st.f_frsize);
-                detail.push_str(&format!(", {} free", gib(free)));
-                Some(free)
-            }
-            Err(errno) => {
-                detail.push_str(&format!(" (free space unknown: {errno})"));
-                None
-            }
+            Ok(st) => FreeSpace::Known(st.f_bavail.saturating_mul(st.f_frsize)),
+            Err(errno) => FreeSpace::Unknown(errno.to_string()),
         },
-        _ => None,
+        _ => FreeSpace::Remote,
     };
+    judge_storage(storage.driver.as_deref(), storage.root_dir.as_deref(), &free)
+}
+
+/// Free space under the engine's root directory, as far as this host can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FreeSpace {
+    Known(u64),
+    /// `statvfs` failed, with its reason.
+    Unknown(String),
+    /// The engine is not local, so its filesystem is not ours to measure.
+    Remote,
+}
+
+/// The verdict on the engine's storage, apart from measuring it (so tests need not depend on the
+/// free space of the machine they run on).
+fn judge_storage(driver: Option<&str>, root: Option<&str>, free: &FreeSpace) -> Check {
+    const NAME: &str = STORAGE_CHECK;
+    let driver = driver.unwrap_or("unknown driver");
+    let root = root.unwrap_or("an unknown directory");
+    let mut detail = format!("{driver} at {root}");
+    match free {
+        FreeSpace::Known(bytes) => detail.push_str(&format!(", {} free", gib(*bytes))),
+        FreeSpace::Unknown(reason) => detail.push_str(&format!(" (free space unknown: {reason})")),
+        FreeSpace::Remote => {}
+    }
     if driver == "vfs" {
         return Check::warn(
             NAME,
@@ -478,7 +494,7 @@ fn storage_check(target: &Target, facts: &EngineFacts) -> Check {
         );
     }
     match free {
-        Some(free) if free < DISK_WARN_BELOW => Check::warn(
+        FreeSpace::Known(bytes) if *bytes < DISK_WARN_BELOW => Check::warn(
             NAME,
             format!("{detail}; layers of a full image need about {}", gib(DISK_WARN_BELOW)),
             format!("free space under {root} (`docker system prune` removes unused images and build cache)"),

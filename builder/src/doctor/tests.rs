@@ -333,8 +333,45 @@ fn reachable_docker_reports_version_api_and_storage() {
     let check = engine_check(&Ok((target.clone(), facts.clone())));
     assert_eq!(check, Check::pass("engine", format!("Docker 28.2.2 API 1.50 at unix://{}", path.display())));
     let storage = storage_check(&target, &facts);
-    assert!(storage.detail.starts_with(&format!("overlay2 at {root}, ")), "{}", storage.detail);
-    assert!(storage.detail.ends_with(" GiB free"), "{}", storage.detail);
+    // The figure is this machine's free space, so only its shape and its agreement with the verdict
+    // are asserted here; the thresholds are `judge_storage`'s test.
+    let prefix = format!("overlay2 at {root}, ");
+    assert!(storage.detail.starts_with(&prefix), "{}", storage.detail);
+    let figure = storage.detail[prefix.len()..].split(" GiB free").next().unwrap();
+    let free_gib: f64 = figure.parse().unwrap_or_else(|_| panic!("no free-space figure in {:?}", storage.detail));
+    match storage.status {
+        Status::Pass => assert!(free_gib >= 19.9 && storage.detail.ends_with(" GiB free"), "{}", storage.detail),
+        Status::Warn => {
+            assert!(free_gib <= 20.0 && storage.detail.ends_with("need about 20.0 GiB"), "{}", storage.detail)
+        }
+        Status::Fail => panic!("storage never fails: {storage:?}"),
+    }
+}
+
+#[test]
+fn storage_verdict_by_driver_and_free_space() {
+    let root = Some("/var/lib/docker");
+    let plenty = judge_storage(Some("overlay2"), root, &FreeSpace::Known(100 * GIB));
+    assert_eq!(plenty, Check::pass("engine-storage", "overlay2 at /var/lib/docker, 100.0 GiB free"));
+
+    let low = judge_storage(Some("overlay2"), root, &FreeSpace::Known(19 * GIB));
+    assert_eq!(low.status, Status::Warn);
+    assert_eq!(low.detail, "overlay2 at /var/lib/docker, 19.0 GiB free; layers of a full image need about 20.0 GiB");
+    assert!(low.fix.unwrap().contains("docker system prune"));
+
+    let unknown = judge_storage(Some("overlay2"), root, &FreeSpace::Unknown("Permission denied".into()));
+    assert_eq!(
+        unknown,
+        Check::pass("engine-storage", "overlay2 at /var/lib/docker (free space unknown: Permission denied)")
+    );
+
+    let remote = judge_storage(None, None, &FreeSpace::Remote);
+    assert_eq!(remote, Check::pass("engine-storage", "unknown driver at an unknown directory"));
+
+    // vfs warns however much space there is.
+    let vfs = judge_storage(Some("vfs"), root, &FreeSpace::Known(100 * GIB));
+    assert_eq!(vfs.status, Status::Warn);
+    assert!(vfs.detail.contains("copies every layer in full"), "{}", vfs.detail);
 }
 
 #[test]
