@@ -89,7 +89,12 @@ pub(crate) async fn handle(
 
 /// The policy's decision, denying when it cannot be evaluated (a panic is caught).
 fn decide(cfg: &ProxyConfig, method: &str, host: &str, path: &str) -> (bool, String) {
-    match catch_unwind(AssertUnwindSafe(|| cfg.policy.decide(method, host, path))) {
+    fail_closed(|| cfg.policy.decide(method, host, path))
+}
+
+/// Runs an evaluation; one that panics is a denial under [`POLICY_FAILED`].
+fn fail_closed(evaluate: impl FnOnce() -> crate::egress::policy::Decision) -> (bool, String) {
+    match catch_unwind(AssertUnwindSafe(evaluate)) {
         Ok(decision) => (decision.allowed, decision.rule),
         Err(_) => (false, POLICY_FAILED.to_owned()),
     }
@@ -306,4 +311,18 @@ async fn forward(ctx: &ConnCtx, record: RequestRecord, host: String, req: Reques
     *response.status_mut() = parts.status;
     *response.headers_mut() = parts.headers;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::policy::{Decision, MethodClass};
+
+    #[test]
+    fn a_policy_that_cannot_be_evaluated_denies() {
+        let allow = || Decision { allowed: true, rule: "custom_allow x.test".into(), class: MethodClass::Read };
+        assert_eq!(fail_closed(allow), (true, "custom_allow x.test".to_owned()));
+        let broken = || -> Decision { panic!("policy evaluation failed") };
+        assert_eq!(fail_closed(broken), (false, POLICY_FAILED.to_owned()));
+    }
 }
