@@ -205,7 +205,11 @@ pub fn boot(req: &BootRequest) -> Result<Booted, BootFailure> {
             content: format!("\n{}", ca.ca_pem()).into_bytes(),
             append: true,
         });
-        let upstream = upstream_from_env().map_err(BootFailure::Other)?;
+        let mut upstream = upstream_from_env().map_err(BootFailure::Other)?;
+        // A config file's upstream CA wins over the environment variable (a test knob).
+        if let Some(file) = &settings.upstream_ca_file {
+            upstream.extra_ca = Some(file.clone());
+        }
         let sink: Arc<dyn EventSink> = log.clone();
         Some(
             Egress::start(&channel.vsock_uds, Arc::new(policy), Arc::new(ca), upstream, sink)

@@ -140,12 +140,16 @@ fn files_round_trip_and_the_system_is_read_only() {
 fn egress_goes_through_the_proxy_and_the_policy_and_is_logged() {
     let rel = release();
     let home = home_trusting(&rel.public_key);
-    let mut user = fs::read_to_string(home.path().join("user.toml")).unwrap();
-    user.push_str(
-        "[web]\ncustom_allow = [\"allowed.test\", \"*.blocked.test\"]\ncustom_block = [\"deny.blocked.test\"]\n",
-    );
-    fs::write(home.path().join("user.toml"), user).unwrap();
     let up = support::https_upstream(home.path(), &["allowed.test", "deny.blocked.test"]);
+    // The upstream's CA is trusted through the config key a corporate user would set (relative
+    // to user.toml's directory, where https_upstream wrote it).
+    let ca_name = up.ca_pem.strip_prefix(home.path()).unwrap().display().to_string();
+    let mut user = fs::read_to_string(home.path().join("user.toml")).unwrap();
+    user.push_str(&format!(
+        "[web]\ncustom_allow = [\"allowed.test\", \"*.blocked.test\"]\ncustom_block = [\"deny.blocked.test\"]\n\
+         upstream_ca_file = \"{ca_name}\"\n"
+    ));
+    fs::write(home.path().join("user.toml"), user).unwrap();
     let resolve = format!("allowed.test={a},deny.blocked.test={a}", a = up.addr);
     // The blocked name does not even resolve (DNS answers NXDOMAIN); forcing its address past
     // DNS (`--resolve`, any address: every connection is redirected) reaches the proxy, which
@@ -157,7 +161,6 @@ fn egress_goes_through_the_proxy_and_the_policy_and_is_logged() {
     let o = capsem(home.path())
         .args(["run", "--assets", rel.dir.to_str().unwrap(), "--", "sh", "-c", script])
         .env("CAPSEM_EGRESS_RESOLVE", &resolve)
-        .env("CAPSEM_EGRESS_UPSTREAM_CA", &up.ca_pem)
         .output()
         .unwrap();
     let (stdout, _) = out_text(&o);

@@ -42,6 +42,7 @@ codes! {
     BadApiKey = "C011", "invalid API key value";
     LockedByCorp = "C012", "per-run override of a value the corp config locks";
     EmptyTrust = "C013", "[trust] lists no key";
+    BadUpstreamCa = "C014", "upstream CA file unreadable or holds no usable certificate";
 }
 
 impl fmt::Display for Code {

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::path::PathBuf;
 
 use super::defaults::{Defaults, Network, Ranged, Service};
 use super::diag::{Code, ConfigError, Diagnostic, Location, suggest};
@@ -85,6 +86,8 @@ pub struct Effective {
     pub tls_ca_bundle: String,
     /// Egress policy.
     pub web: WebPolicy,
+    /// `[web] upstream_ca_file` (corp's over the user's): extra CAs the proxy trusts upstream.
+    pub upstream_ca_file: Option<PathBuf>,
     /// Keys trusted to sign releases (empty when neither file has `[trust]`).
     pub trusted_keys: Vec<TrustedKeySource>,
     /// Which file the trusted keys came from.
@@ -113,6 +116,7 @@ impl fmt::Debug for Effective {
             .field("files", &self.files.iter().map(|b| &b.path).collect::<Vec<_>>())
             .field("tls_ca_bundle", &self.tls_ca_bundle)
             .field("web", &self.web)
+            .field("upstream_ca_file", &self.upstream_ca_file)
             .field("trusted_keys", &self.trusted_keys)
             .field("trust_layer", &self.trust_layer)
             .field("notes", &self.notes)
@@ -165,6 +169,13 @@ impl Effective {
         let hostname = r.hostname();
         let (env, secret_env, files, providers) = r.env_and_files();
         let web = r.web(providers)?;
+        let upstream_ca_file = pick(
+            "web.upstream_ca_file",
+            user.and_then(|u| u.web.upstream_ca_file.as_ref()),
+            corp.and_then(|c| c.web.upstream_ca_file.as_ref()),
+            &mut r.notes,
+        )
+        .map(|s| s.value.clone());
         let (trusted_keys, trust_layer) = r.trust();
         ConfigError::check(r.diags)?;
         let (Some(cpus), Some(memory_mib)) = (cpus, memory_mib) else {
@@ -183,6 +194,7 @@ impl Effective {
             files,
             tls_ca_bundle: defaults.vm.environment.tls_ca_bundle.clone(),
             web,
+            upstream_ca_file,
             trusted_keys,
             trust_layer,
             notes: r.notes,

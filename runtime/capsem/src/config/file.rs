@@ -67,6 +67,10 @@ pub struct WebConfig {
     pub custom_allow: Option<Setting<Vec<DomainPattern>>>,
     /// Blocked domain patterns.
     pub custom_block: Option<Setting<Vec<DomainPattern>>>,
+    /// A PEM file of CAs the egress proxy trusts upstream besides the host's roots (a
+    /// TLS-intercepting corporate proxy); relative paths are from the config file's directory.
+    /// Checked when the file is read.
+    pub upstream_ca_file: Option<Setting<PathBuf>>,
 }
 
 /// `[ai.<provider>]` overrides.
@@ -204,6 +208,7 @@ impl Validator<'_> {
             c.web.allow_write = w.allow_write.as_ref().map(|b| self.setting(b));
             c.web.custom_allow = w.custom_allow.as_ref().map(|l| self.domains("custom_allow", l));
             c.web.custom_block = w.custom_block.as_ref().map(|l| self.domains("custom_block", l));
+            c.web.upstream_ca_file = w.upstream_ca_file.as_ref().and_then(|f| self.upstream_ca(f));
         }
         for (key, p) in raw.ai.iter().flatten() {
             let api_key = p.api_key.as_ref().and_then(|k| match Secret::parse(k.get_ref()) {
@@ -235,6 +240,23 @@ impl Validator<'_> {
             }
         }
         Setting { value: out, origin: self.origin(list) }
+    }
+
+    fn upstream_ca(&mut self, file: &Spanned<String>) -> Option<Setting<PathBuf>> {
+        let path = self.path.parent().unwrap_or(Path::new(".")).join(file.get_ref());
+        match crate::egress::proxy::read_extra_ca(&path) {
+            Ok(_) => Some(Setting { value: path, origin: self.origin(file) }),
+            Err(why) => {
+                let d = Diagnostic::new(
+                    Code::BadUpstreamCa,
+                    self.origin(file).location(),
+                    format!("web.upstream_ca_file {}: {why}", path.display()),
+                )
+                .help("give a PEM file of CA certificates; relative paths are read from the config file's directory");
+                self.diags.push(d);
+                None
+            }
+        }
     }
 
     fn trust(&mut self, trust: &Spanned<raw::RawTrust>) -> Option<Setting<Vec<TrustedKeySource>>> {

@@ -33,6 +33,7 @@
 //! allow_read = false
 //! custom_allow = ["*.example.com"]
 //! custom_block = ["ads.example.com"]
+//! upstream_ca_file = "corp-ca.pem"  # extra CAs trusted upstream; relative to this file
 //!
 //! [ai.anthropic]
 //! api_key = "sk-ant-…"               # injected as the provider's env vars; never logged

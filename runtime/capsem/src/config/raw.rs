@@ -88,6 +88,7 @@ pub(crate) struct RawWeb {
     pub allow_write: Option<Spanned<bool>>,
     pub custom_allow: Option<Spanned<Vec<Spanned<String>>>>,
     pub custom_block: Option<Spanned<Vec<Spanned<String>>>>,
+    pub upstream_ca_file: Option<Spanned<String>>,
 }
 
 /// `[ai.<provider>]`.

@@ -197,6 +197,52 @@ fn public_key_files_are_read_relative_to_the_config_file() {
 }
 
 #[test]
+fn upstream_ca_file_is_checked_relative_to_the_config_file_and_corp_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::egress::ca::CertAuthority::load_or_create(&dir.path().join("ca")).unwrap();
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::write(dir.path().join("certs/corp-ca.pem"), ca.ca_pem()).unwrap();
+    let cfg = dir.path().join("user.toml");
+    std::fs::write(&cfg, "[web]\nupstream_ca_file = \"certs/corp-ca.pem\"\n").unwrap();
+    let u = Config::load(&cfg, Layer::User).unwrap().expect("file exists");
+    let e = resolve(Some(&u), None, RunOverrides::default()).unwrap();
+    assert_eq!(e.upstream_ca_file, Some(dir.path().join("certs/corp-ca.pem")));
+    assert!(resolve(None, None, RunOverrides::default()).unwrap().upstream_ca_file.is_none());
+
+    // Corp's wins, with a note naming the user's line.
+    let corp_file = dir.path().join("corp.toml");
+    std::fs::write(dir.path().join("other.pem"), ca.ca_pem()).unwrap();
+    std::fs::write(&corp_file, "[web]\nupstream_ca_file = \"other.pem\"\n").unwrap();
+    let c = Config::load(&corp_file, Layer::Corp).unwrap().expect("file exists");
+    let e = resolve(Some(&u), Some(&c), RunOverrides::default()).unwrap();
+    assert_eq!(e.upstream_ca_file, Some(dir.path().join("other.pem")));
+    assert!(
+        e.notes.iter().any(|n| n.starts_with(&format!("{}:2", cfg.display())) && n.contains("corp")),
+        "{:?}",
+        e.notes
+    );
+
+    // Missing, empty of certificates, or not a CA: C014 at the value, naming the resolved path.
+    for (content, why) in [
+        (None, "No such file"),
+        (Some("not a certificate\n"), "no PEM certificate"),
+        (Some("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), "not usable as a CA"),
+    ] {
+        let pem = dir.path().join("bad.pem");
+        let _ = std::fs::remove_file(&pem);
+        if let Some(content) = content {
+            std::fs::write(&pem, content).unwrap();
+        }
+        std::fs::write(&cfg, "[web]\nupstream_ca_file = \"bad.pem\"\n").unwrap();
+        let err = Config::load(&cfg, Layer::User).unwrap_err();
+        assert_eq!(err.diagnostics()[0].code, Code::BadUpstreamCa, "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&format!("{}:2:20", cfg.display())), "{text}");
+        assert!(text.contains(&pem.display().to_string()) && text.contains(why), "{why}: {text}");
+    }
+}
+
+#[test]
 fn corp_trust_hides_user_keys() {
     let u = user(&format!("[trust]\npublic_keys = [\"{KEY_A}\"]\n"));
     let e = resolve(Some(&u), None, RunOverrides::default()).unwrap();
@@ -274,6 +320,7 @@ fn every_code_has_a_test_that_triggers_it() {
         "[web]\ncustom_block = [\"*\"]\n",
         "[ai.google]\napi_key = \"\"\n",
         "[trust]\n",
+        "[web]\nupstream_ca_file = \"/nonexistent/ca.pem\"\n",
     ];
     for text in files {
         let (_, codes) = user_err(text);

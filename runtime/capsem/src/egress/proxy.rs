@@ -40,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use self::request::{ConnCtx, normalize_sni};
 pub use self::request::{POLICY_FAILED, SNI_HOST_MISMATCH};
 use self::upstream::Pool;
+pub(crate) use self::upstream::read_extra_ca;
 use super::ca::CertAuthority;
 use super::policy::Policy;
 use super::{ConnKind, EventSink, RequestRecord};

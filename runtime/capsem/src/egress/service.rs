@@ -18,7 +18,8 @@ use super::relay::{DnsResponder, Relays, TcpHandler};
 /// upstream connections, the only way to reach a loopback or private address (tests, a local
 /// mock server).
 pub const RESOLVE_ENV: &str = "CAPSEM_EGRESS_RESOLVE";
-/// Environment variable: a PEM file of CAs the proxy trusts upstream, besides the host's roots.
+/// Environment variable: a PEM file of CAs the proxy trusts upstream, besides the host's roots;
+/// a config file's `[web] upstream_ca_file` takes its place.
 pub const UPSTREAM_CA_ENV: &str = "CAPSEM_EGRESS_UPSTREAM_CA";
 
 /// Parses [`RESOLVE_ENV`]'s value.

@@ -200,6 +200,23 @@ fn native_roots() -> &'static [CertificateDer<'static>] {
     ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
 }
 
+/// The certificates of an extra upstream CA file (PEM): at least one, each usable as a trust
+/// anchor. The error says why not, without the path.
+pub(crate) fn read_extra_ca(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".to_owned());
+    }
+    let mut check = rustls::RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        check.add(cert.clone()).map_err(|e| format!("certificate {} is not usable as a CA: {e}", i + 1))?;
+    }
+    Ok(certs)
+}
+
 /// The upstream TLS client configuration for `cfg.extra_ca`, built once per path.
 fn client_config(cfg: &UpstreamConfig) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
     static CONFIGS: OnceLock<Mutex<HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>>>> = OnceLock::new();
@@ -210,16 +227,10 @@ fn client_config(cfg: &UpstreamConfig) -> Result<Arc<rustls::ClientConfig>, Upst
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(native_roots().iter().cloned());
     if let Some(path) = &cfg.extra_ca {
-        let bad = |why: String| UpstreamError::failed(format!("extra CA {}: {why}", path.display()));
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| bad(e.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad("no certificate in it".to_owned()));
-        }
+        let certs =
+            read_extra_ca(path).map_err(|why| UpstreamError::failed(format!("extra CA {}: {why}", path.display())))?;
         for cert in certs {
-            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            roots.add(cert).map_err(|e| UpstreamError::failed(format!("extra CA {}: {e}", path.display())))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
