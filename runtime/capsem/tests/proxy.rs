@@ -94,8 +94,36 @@ fn up_text(status: u16, text: impl Into<Bytes>) -> Response<UpBody> {
     r
 }
 
-async fn upstream_handler(req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
+async fn upstream_handler(mut req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
     Ok(match req.uri().path() {
+        "/ws" => {
+            // A WebSocket endpoint: the handshake headers it was sent are answered in its 101
+            // (so a test sees what arrived), then every byte is echoed back after a prefix.
+            let seen = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+            let accept = format!(
+                "accept-for-{} upgrade={} connection={}",
+                seen("sec-websocket-key"),
+                seen("upgrade"),
+                seen("connection")
+            );
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else { return };
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = r.read(&mut buf).await {
+                    if n == 0 || w.write_all(b"echo:").await.is_err() || w.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = w.shutdown().await;
+            });
+            let mut r = up_text(101, "");
+            r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+            r.headers_mut().insert("connection", "Upgrade".parse().unwrap());
+            r.headers_mut().insert("sec-websocket-accept", accept.parse().unwrap());
+            r
+        }
         "/hello" => up_text(200, "hello"),
         "/echo" => Response::new(req.into_body().boxed()),
         "/big" => Response::new(Generated { sent: 0, len: BIG }.map_err(|never| match never {}).boxed()),
@@ -168,10 +196,10 @@ async fn spawn_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, 
                 match tls {
                     Some(config) => {
                         let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await else { return };
-                        let _ = server.serve_connection(TokioIo::new(stream), service).await;
+                        let _ = server.serve_connection(TokioIo::new(stream), service).with_upgrades().await;
                     }
                     None => {
-                        let _ = server.serve_connection(TokioIo::new(tcp), service).await;
+                        let _ = server.serve_connection(TokioIo::new(tcp), service).with_upgrades().await;
                     }
                 }
             });
@@ -699,4 +727,93 @@ async fn hostile_clients_do_not_stop_a_normal_one() {
     h.sink.wait("for the slow client", |r| r.rule.contains("not received within 10 s")).await;
     let (status, _) = h.https("allowed.test", "allowed.test", "GET", "/hello", "").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket.
+
+/// Sends a WebSocket handshake for `path` through the proxy's TLS side; returns the stream and
+/// the answer's head.
+async fn websocket_handshake(
+    h: &Harness,
+    sni: &str,
+    path: &str,
+) -> (tokio_rustls::client::TlsStream<TcpStream>, String) {
+    let mut stream = h.tls_stream(h.tls, sni, &h.client_h1).await.unwrap();
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {sni}\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await.unwrap().unwrap();
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&answer));
+        answer.push(byte[0]);
+    }
+    (stream, String::from_utf8(answer).unwrap().to_ascii_lowercase())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_are_tunnelled_after_the_policy_and_recorded_with_their_bytes() {
+    let h = Harness::start().await;
+    let (mut ws, head) = websocket_handshake(&h, "allowed.test", "/ws").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+    // Upstream got the guest's key and a clean Upgrade/Connection pair, and its answer came back.
+    assert!(
+        head.contains("sec-websocket-accept: accept-for-dghlihnhbxbszsbub25jzq== upgrade=websocket connection=upgrade"),
+        "{head}"
+    );
+    // Bytes flow both ways through the tunnel, in order.
+    for msg in ["ping-1", "ping-2 longer message"] {
+        ws.write_all(msg.as_bytes()).await.unwrap();
+        let mut got = vec![0u8; 5 + msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(got, format!("echo:{msg}").as_bytes());
+    }
+    // The guest closes; upstream closes its side too; the record carries the bytes each way.
+    ws.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), ws.read_to_end(&mut rest)).await.unwrap();
+    let r = h.sink.wait("for the websocket", |r| r.path == "/ws").await;
+    assert_eq!((r.method.as_str(), r.host.as_str(), r.allowed, r.status), ("GET", "allowed.test", true, 101));
+    assert_eq!(r.rule, "service test.allowed (POST) (websocket)");
+    assert_eq!((r.bytes_in, r.bytes_out), (6 + 21, 5 + 6 + 5 + 21));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_needs_writes_allowed_and_a_refused_upgrade_is_a_normal_answer() {
+    let h = Harness::start().await;
+    // GET-only host: a WebSocket could send anything, so it is refused before going upstream.
+    let before = h.upstream_connections.load(Ordering::SeqCst);
+    let (_, head) = websocket_handshake(&h, "readonly.test", "/ws").await;
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    let r = h.sink.wait("for the refused websocket", |r| r.host == "readonly.test").await;
+    assert!(!r.allowed && r.rule.starts_with("websocket needs writes allowed: "), "{r:?}");
+    assert_eq!(h.upstream_connections.load(Ordering::SeqCst), before, "nothing went upstream");
+
+    // Upstream answers the handshake with a plain 200: passed through as it is, no tunnel.
+    let (mut stream, head) = websocket_handshake(&h, "allowed.test", "/hello").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let mut body = [0u8; 5];
+    stream.read_exact(&mut body).await.unwrap();
+    assert_eq!(&body, b"hello");
+    let r = h.sink.wait("for the refused upgrade", |r| r.path == "/hello").await;
+    assert_eq!((r.status, r.bytes_out), (200, 5));
+
+    // Another protocol in Upgrade (h2c) is not a WebSocket: the header is dropped, the request
+    // is an ordinary one.
+    let mut sender = h.h1("allowed.test").await;
+    let req = Request::get("/headers")
+        .header("host", "allowed.test")
+        .header("upgrade", "h2c")
+        .header("connection", "upgrade")
+        .body(full(""))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(!seen.contains("upgrade"), "{seen}");
 }

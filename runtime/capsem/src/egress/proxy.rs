@@ -11,6 +11,12 @@
 //!   [`Policy::decide`] (a panic denies: fail closed) → 403 naming the rule; allowed → forwarded
 //!   over HTTP/1.1 (TLS upstream for TLS) to the host's public addresses only (see
 //!   `proxy/upstream.rs`), both bodies streamed, hop-by-hop headers dropped, redirects passed through.
+//! - WebSocket (HTTP/1.1 `GET` with `Upgrade: websocket`, `Connection: upgrade`): it carries data
+//!   both ways, so the policy must allow the host for reads *and* writes; then the handshake goes
+//!   to a fresh upstream connection and, when upstream answers `101`, the two upgraded streams are
+//!   joined until either side closes, and recorded then with the bytes each way. Other upgrades
+//!   (e.g. `h2c`) are dropped with the hop-by-hop headers. HTTP/2's extended CONNECT (RFC 8441)
+//!   is not offered, so clients use HTTP/1.1 for WebSockets.
 //! - Hardening: request heads over 64 KiB → 431; malformed → 400 (hyper); a head not complete
 //!   within 10 s (slowloris), or an idle keep-alive connection after 10 s, is closed; TLS
 //!   handshakes time out after 10 s. Each connection runs in its own task: nothing one guest
@@ -23,6 +29,7 @@
 
 mod body;
 mod request;
+mod tunnel;
 mod upstream;
 
 use std::collections::BTreeMap;
@@ -232,6 +239,7 @@ where
             .header_read_timeout(HANDSHAKE_TIMEOUT)
             .max_header_size(MAX_HEADER_BYTES)
             .serve_connection(io, service)
+            .with_upgrades()
             .await
     };
     let Err(e) = result else { return };

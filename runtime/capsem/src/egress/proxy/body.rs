@@ -100,6 +100,11 @@ pub(crate) struct UpstreamBody {
 }
 
 impl ProxyBody {
+    /// No body (a `101 Switching Protocols` answer).
+    pub(crate) fn empty() -> Self {
+        ProxyBody::Text(None)
+    }
+
     pub(crate) fn text(text: String) -> Self {
         ProxyBody::Text(Some(Bytes::from(text)))
     }

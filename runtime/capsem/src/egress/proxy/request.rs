@@ -14,10 +14,12 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::Authority;
 use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
 
 use super::ProxyConfig;
 use super::body::{Counted, Finish, ProxyBody};
-use super::upstream::{self, Pool, PoolKey, Sender};
+use super::tunnel;
+use super::upstream::{self, Pool, PoolKey, Sender, UpBody};
 use crate::egress::{ConnKind, RequestRecord};
 
 /// The rule recorded when `Host`/`:authority` names another host than the TLS SNI.
@@ -73,7 +75,17 @@ pub(crate) async fn handle(
         Err(refusal) => return Ok(refuse(&ctx, record, refusal)),
     };
     record.host = host.clone();
-    let (allowed, rule) = decide(&ctx.cfg, &record.method, &host, &record.path);
+    let websocket = is_websocket_upgrade(&req);
+    let (mut allowed, mut rule) = decide(&ctx.cfg, &record.method, &host, &record.path);
+    if allowed && websocket {
+        // A WebSocket carries data both ways: the host must also take writes.
+        let (writes, write_rule) = decide(&ctx.cfg, "POST", &host, &record.path);
+        (allowed, rule) = if writes {
+            (true, format!("{write_rule} (websocket)"))
+        } else {
+            (false, format!("websocket needs writes allowed: {write_rule}"))
+        };
+    }
     if !allowed {
         let message = format!("blocked by policy: {rule}");
         return Ok(refuse(
@@ -84,7 +96,27 @@ pub(crate) async fn handle(
     }
     record.allowed = true;
     record.rule = rule;
+    if websocket {
+        return Ok(forward_websocket(&ctx, record, host, req).await);
+    }
     Ok(forward(&ctx, record, host, req).await)
+}
+
+/// An HTTP/1.1 `GET` asking to switch to WebSocket (RFC 6455 §4.1): `Upgrade` lists
+/// `websocket` and `Connection` lists `upgrade`.
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    let lists = |name: HeaderName, token: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    req.version() == Version::HTTP_11
+        && req.method() == Method::GET
+        && lists(header::UPGRADE, "websocket")
+        && lists(header::CONNECTION, "upgrade")
 }
 
 /// The policy's decision, denying when it cannot be evaluated (a panic is caught).
@@ -236,37 +268,52 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Sends an allowed request upstream and streams the answer back.
-async fn forward(ctx: &ConnCtx, record: RequestRecord, host: String, req: Request<Incoming>) -> Response<ProxyBody> {
-    let tls = ctx.kind == ConnKind::Tls;
-    let key = PoolKey { tls, host, port: ctx.orig_port };
+/// The request as it goes upstream: origin-form target, HTTP/1.1, hop-by-hop headers dropped,
+/// `Host` naming the checked host; the body counts its bytes into the returned counter.
+fn upstream_request(key: &PoolKey, req: Request<Incoming>) -> Result<(Request<UpBody>, Arc<AtomicU64>), Refusal> {
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
-    let default_port = if tls { 443 } else { 80 };
+    let default_port = if key.tls { 443 } else { 80 };
     let host_value = if key.port == default_port { key.host.clone() } else { format!("{}:{}", key.host, key.port) };
-    match HeaderValue::from_str(&host_value) {
-        Ok(v) => {
-            headers.insert(header::HOST, v);
-        }
-        Err(_) => return refuse(ctx, record, Refusal::new(StatusCode::BAD_REQUEST, "invalid host")),
-    }
+    let host = HeaderValue::from_str(&host_value).map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "invalid host"))?;
+    headers.insert(header::HOST, host);
     let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let mut upstream_req = Request::new(Counted::new(body, bytes_in.clone()));
     *upstream_req.method_mut() = parts.method;
     *upstream_req.version_mut() = Version::HTTP_11;
     *upstream_req.headers_mut() = headers;
-    match uri.parse() {
-        Ok(uri) => *upstream_req.uri_mut() = uri,
-        Err(_) => return refuse(ctx, record, Refusal::new(StatusCode::BAD_REQUEST, "invalid request target")),
-    }
+    *upstream_req.uri_mut() =
+        uri.parse().map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "invalid request target"))?;
+    Ok((upstream_req, bytes_in))
+}
 
-    let upstream_failed = |record: RequestRecord, reason: String| {
-        let rule = format!("{}; upstream failed: {reason}", record.rule);
-        let refusal = Refusal { allowed: true, message: Some(reason), ..Refusal::new(StatusCode::BAD_GATEWAY, rule) };
-        refuse(ctx, record, refusal)
+/// Answers 502 for an allowed request whose upstream failed.
+fn upstream_failed(ctx: &ConnCtx, record: RequestRecord, reason: String) -> Response<ProxyBody> {
+    let rule = format!("{}; upstream failed: {reason}", record.rule);
+    let refusal = Refusal { allowed: true, message: Some(reason), ..Refusal::new(StatusCode::BAD_GATEWAY, rule) };
+    refuse(ctx, record, refusal)
+}
+
+/// Answers a failed upstream connect: 502, as a refusal when the destination was refused.
+fn connect_failed(ctx: &ConnCtx, record: RequestRecord, e: upstream::UpstreamError) -> Response<ProxyBody> {
+    if e.refused {
+        refuse(ctx, record, Refusal::new(StatusCode::BAD_GATEWAY, e.reason))
+    } else {
+        upstream_failed(ctx, record, e.reason)
+    }
+}
+
+/// Sends an allowed request upstream and streams the answer back.
+async fn forward(ctx: &ConnCtx, record: RequestRecord, host: String, req: Request<Incoming>) -> Response<ProxyBody> {
+    let tls = ctx.kind == ConnKind::Tls;
+    let key = PoolKey { tls, host, port: ctx.orig_port };
+    let (mut upstream_req, bytes_in) = match upstream_request(&key, req) {
+        Ok(r) => r,
+        Err(refusal) => return refuse(ctx, record, refusal),
     };
+    let upstream_failed = |record, reason| upstream_failed(ctx, record, reason);
     // A pooled connection first; a request it did not take (closed meanwhile) goes on a fresh one.
     let mut sender: Option<Sender> = ctx.pool.take(&key);
     let mut fresh = sender.is_none();
@@ -275,11 +322,7 @@ async fn forward(ctx: &ConnCtx, record: RequestRecord, host: String, req: Reques
             Some(s) => s,
             None => match upstream::connect(&ctx.cfg.upstream, tls, &key.host, key.port).await {
                 Ok(s) => s,
-                Err(e) if e.refused => {
-                    let refusal = Refusal::new(StatusCode::BAD_GATEWAY, e.reason);
-                    return refuse(ctx, record, refusal);
-                }
-                Err(e) => return upstream_failed(record, e.reason),
+                Err(e) => return connect_failed(ctx, record, e),
             },
         };
         if current.ready().await.is_err() && !fresh {
@@ -310,6 +353,73 @@ async fn forward(ctx: &ConnCtx, record: RequestRecord, host: String, req: Reques
     let mut response = Response::new(ProxyBody::upstream(body, finish));
     *response.status_mut() = parts.status;
     *response.headers_mut() = parts.headers;
+    response
+}
+
+/// Sends an allowed WebSocket handshake upstream on a fresh connection (never pooled: it is not
+/// coming back). Upstream's `101` goes to the guest and the two upgraded streams are joined in a
+/// task of their own until either side closes; the request is recorded then, with the bytes each
+/// way. Any other answer is passed through like a normal response.
+async fn forward_websocket(
+    ctx: &ConnCtx,
+    mut record: RequestRecord,
+    host: String,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let guest_upgrade = hyper::upgrade::on(&mut req);
+    let key = PoolKey { tls: ctx.kind == ConnKind::Tls, host, port: ctx.orig_port };
+    let (mut upstream_req, bytes_in) = match upstream_request(&key, req) {
+        Ok(r) => r,
+        Err(refusal) => return refuse(ctx, record, refusal),
+    };
+    let headers = upstream_req.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let mut sender = match upstream::connect(&ctx.cfg.upstream, key.tls, &key.host, key.port).await {
+        Ok(s) => s,
+        Err(e) => return connect_failed(ctx, record, e),
+    };
+    let sent = match sender.ready().await {
+        Ok(()) => sender.send_request(upstream_req).await,
+        Err(e) => Err(e),
+    };
+    let mut response = match sent {
+        Ok(response) => response,
+        Err(e) => return upstream_failed(ctx, record, format!("upstream request to {}: {e}", key.host)),
+    };
+    record.status = response.status().as_u16();
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let finish = Finish { record, sink: ctx.cfg.sink.clone(), bytes_in, reuse: None };
+        let mut response = Response::new(ProxyBody::upstream(body, finish));
+        *response.status_mut() = parts.status;
+        *response.headers_mut() = parts.headers;
+        return response;
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut response);
+    let mut headers = std::mem::take(response.headers_mut());
+    strip_hop_by_hop(&mut headers);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let sink = ctx.cfg.sink.clone();
+    tokio::spawn(async move {
+        match tokio::try_join!(guest_upgrade, upstream_upgrade) {
+            Ok((guest, upstream)) => {
+                drop(sender);
+                let (carried, error) = tunnel::join(TokioIo::new(guest), TokioIo::new(upstream)).await;
+                if let Some(e) = error {
+                    record.rule = format!("{}; websocket ended: {e}", record.rule);
+                }
+                (record.bytes_in, record.bytes_out) = (carried.to_upstream, carried.to_guest);
+            }
+            Err(e) => record.rule = format!("{}; websocket upgrade failed: {e}", record.rule),
+        }
+        sink.request(record);
+    });
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *response.headers_mut() = headers;
     response
 }
 

@@ -148,7 +148,8 @@ pub(crate) async fn resolve(cfg: &UpstreamConfig, host: &str, port: u16) -> Resu
     Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
 }
 
-/// Opens an HTTP/1.1 connection to `host:port` (over TLS when `tls`), address-checked.
+/// Opens an HTTP/1.1 connection to `host:port` (over TLS when `tls`), address-checked. It can
+/// be upgraded (a WebSocket answered `101`).
 pub(crate) async fn connect(cfg: &UpstreamConfig, tls: bool, host: &str, port: u16) -> Result<Sender, UpstreamError> {
     let addrs = resolve(cfg, host, port).await?;
     let client_config = if tls { Some(client_config(cfg)?) } else { None };
@@ -182,12 +183,12 @@ pub(crate) async fn connect(cfg: &UpstreamConfig, tls: bool, host: &str, port: u
                 Err(_) => return Err(UpstreamError::failed(format!("TLS with {host} timed out"))),
             };
             let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(handshake)?;
-            tokio::spawn(conn);
+            tokio::spawn(conn.with_upgrades());
             sender
         }
         None => {
             let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await.map_err(handshake)?;
-            tokio::spawn(conn);
+            tokio::spawn(conn.with_upgrades());
             sender
         }
     };
