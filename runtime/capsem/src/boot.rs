@@ -180,13 +180,14 @@ pub fn boot(req: &BootRequest) -> Result<Booted, BootFailure> {
     );
     // Retention (the image's vm/resources.toml, overridable in user/corp config).
     let limit = |key: &str, default: i64| settings.resources.get(key).copied().unwrap_or(default).max(0) as u64;
-    if let Err(e) = crate::sessionlog::prune(
-        &paths.home.join("sessions"),
-        log.id(),
-        limit("max_sessions", 100) as usize,
-        Duration::from_secs(limit("retention_days", 30) * 86_400),
-        std::time::SystemTime::now(),
-    ) {
+    let retention = crate::sessionlog::Retention {
+        max_age: Duration::from_secs(limit("retention_days", 30) * 86_400),
+        max_sessions: limit("max_sessions", 100) as usize,
+        max_bytes: limit("max_disk_gb", 100).saturating_mul(1 << 30),
+    };
+    if let Err(e) =
+        crate::sessionlog::prune(&paths.home.join("sessions"), log.id(), retention, std::time::SystemTime::now())
+    {
         eprintln!("capsem: warning: pruning old session logs: {e}");
     }
     let mut files: Vec<BootFile> = settings

@@ -21,8 +21,9 @@
 //!
 //! Times are stored as RFC 3339 UTC with milliseconds (`2025-01-02T03:04:05.678Z`; the private
 //! `time` module), which sorts as text; rendering lives in the private `render` module.
-//! Retention (the private `retention` module, [`prune`]) removes the oldest logs beyond the
-//! image's `max_sessions` and those older than `retention_days`, at each session's start.
+//! Retention ([`prune`] with [`Retention`]) removes the logs older than the image's
+//! `retention_days`, then the oldest beyond `max_sessions` or `max_disk_gb`, at each session's
+//! start.
 
 use std::collections::hash_map::RandomState;
 use std::fs;
@@ -46,7 +47,7 @@ mod retention;
 mod time;
 
 pub use render::{render_event, render_json, render_list, render_list_json, render_text};
-pub use retention::prune;
+pub use retention::{Retention, prune};
 pub use time::{format_time, parse_time};
 
 /// The database layout version, stored in SQLite's `user_version`.
