@@ -35,7 +35,9 @@ use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, U
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use capsem_proto::throttle::{Throttle, Verdict};
 
 use crate::spawn_thread;
 use crate::transport::VSOCK_HOST_CID;
@@ -265,16 +267,11 @@ impl Egress {
 
 /// A log line on stderr, at most 20 a minute (guest programs decide how many there are).
 fn log(msg: impl std::fmt::Display) {
-    static WINDOW: AtomicU64 = AtomicU64::new(0);
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let minute = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 60);
-    if WINDOW.swap(minute, Ordering::Relaxed) != minute {
-        COUNT.store(0, Ordering::Relaxed);
-    }
-    match COUNT.fetch_add(1, Ordering::Relaxed) {
-        0..20 => eprintln!("capsem-agent: egress: {msg}"),
-        20 => eprintln!("capsem-agent: egress: more messages this minute suppressed"),
-        _ => {}
+    static THROTTLE: Throttle = Throttle::new();
+    match THROTTLE.next() {
+        Verdict::Print => eprintln!("capsem-agent: egress: {msg}"),
+        Verdict::SayPausing => eprintln!("capsem-agent: egress: more messages this minute suppressed"),
+        Verdict::Drop => {}
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`msg`]: the message types, [`HostMsg`] (host → guest) and [`GuestMsg`] (guest → host).
 //! - [`client`]: the host-side client, a thread that demultiplexes guest messages by request id
 //!   and a blocking API on top (`exec`, `run`, `write_file`, `read_file`, …).
+//! - [`throttle`]: a per-minute budget for log lines the guest can cause, on either side.
 //!
 //! The conversation: on connect the guest sends [`GuestMsg::Ready`]; afterwards every request the
 //! host sends carries a `u32` id chosen by the host, and every guest message about that request
@@ -15,6 +16,7 @@ pub mod client;
 pub mod frame;
 pub mod fuzzing;
 pub mod msg;
+pub mod throttle;
 
 pub use client::{Client, ClientError, ExecRequest, ProcEvent, Process};
 pub use frame::{FrameError, FrameReader, MAX_FRAME};

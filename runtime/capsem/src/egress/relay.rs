@@ -34,10 +34,10 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use capsem_proto::throttle::{Throttle, Verdict};
 use simple_dns::rdata::{A, RData};
 use simple_dns::{CLASS, Packet, PacketFlag, QCLASS, QTYPE, RCODE, ResourceRecord, SimpleDnsError, TYPE};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -348,16 +348,11 @@ impl DnsResponder {
 
 /// A relay warning on stderr, at most 20 a minute (the guest controls how many there are).
 fn warn(msg: impl fmt::Display) {
-    static WINDOW: AtomicU64 = AtomicU64::new(0);
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let minute = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 60);
-    if WINDOW.swap(minute, Ordering::Relaxed) != minute {
-        COUNT.store(0, Ordering::Relaxed);
-    }
-    match COUNT.fetch_add(1, Ordering::Relaxed) {
-        0..20 => eprintln!("capsem: egress: {msg}"),
-        20 => eprintln!("capsem: egress: more relay warnings this minute suppressed"),
-        _ => {}
+    static THROTTLE: Throttle = Throttle::new();
+    match THROTTLE.next() {
+        Verdict::Print => eprintln!("capsem: egress: {msg}"),
+        Verdict::SayPausing => eprintln!("capsem: egress: more relay warnings this minute suppressed"),
+        Verdict::Drop => {}
     }
 }
 
