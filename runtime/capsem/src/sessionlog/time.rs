@@ -3,6 +3,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use capsem_trust::manifest::civil_from_days;
+
 /// RFC 3339 UTC with milliseconds; times before 1970 are clamped to the epoch.
 pub fn format_time(t: SystemTime) -> String {
     let ms = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
@@ -36,20 +38,6 @@ pub fn parse_time(s: &str) -> Option<SystemTime> {
     let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(total * 1000 + ms).ok()?);
     // Rejects days past the month's end (2025-02-30) by round-tripping.
     (format_time(t) == s).then_some(t)
-}
-
-/// Days since 1970-01-01 → (year, month, day) (proleptic Gregorian; H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
